@@ -1,0 +1,56 @@
+/* AVX-512F micro-kernels (the only file built with -mavx512f).
+ * float: 8 rows x 3 zmm (48 columns): 24 accumulators + 3 B vectors + 1 broadcast fit in 32 zmm registers.
+ * double: 8 rows x 3 zmm (24 columns). */
+#include <immintrin.h>
+
+#include "fastconv/dispatch.h"
+
+#define T float
+#define VEC __m512
+#define VL 16
+#define MR 8
+#define NV 3
+#define VZERO() _mm512_setzero_ps()
+#define VLOAD(p) _mm512_load_ps(p)
+#define VLOADU(p) _mm512_loadu_ps(p)
+#define VSTOREU(p, x) _mm512_storeu_ps(p, x)
+#define VSET1(s) _mm512_set1_ps(s)
+#define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define VMUL(a, b) _mm512_mul_ps(a, b)
+#define UKR_NAME(v) fc_sgemm_ukr_avx512_##v
+#include "../ukernel_template.h"
+#undef T
+#undef VEC
+#undef VL
+#undef MR
+#undef NV
+#undef VZERO
+#undef VLOAD
+#undef VLOADU
+#undef VSTOREU
+#undef VSET1
+#undef VFMA
+#undef VMUL
+#undef UKR_NAME
+
+#define T double
+#define VEC __m512d
+#define VL 8
+#define MR 8
+#define NV 3
+#define VZERO() _mm512_setzero_pd()
+#define VLOAD(p) _mm512_load_pd(p)
+#define VLOADU(p) _mm512_loadu_pd(p)
+#define VSTOREU(p, x) _mm512_storeu_pd(p, x)
+#define VSET1(s) _mm512_set1_pd(s)
+#define VFMA(a, b, c) _mm512_fmadd_pd(a, b, c)
+#define VMUL(a, b) _mm512_mul_pd(a, b)
+#define UKR_NAME(v) fc_dgemm_ukr_avx512_##v
+#include "../ukernel_template.h"
+
+const fc_arch fc_arch_avx512 = {
+    "avx512",
+    "AVX-512F (512-bit FMA)",
+    {8, 16, 3, 192, 384, 4096, {0, fc_sgemm_ukr_avx512_1, fc_sgemm_ukr_avx512_2, fc_sgemm_ukr_avx512_3, 0}},
+    {8, 8, 3, 192, 256, 2048, {0, fc_dgemm_ukr_avx512_1, fc_dgemm_ukr_avx512_2, fc_dgemm_ukr_avx512_3, 0}},
+};

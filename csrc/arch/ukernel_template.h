@@ -1,0 +1,78 @@
+/* Micro-kernel template: C(MR x v*VL) = alpha * sum_p a[p] (x) b[p] + beta * C, for v = 1..NV.
+ *
+ * Included by each ISA's micro-kernel file after it defines
+ *   T VEC VL MR NV        element type, vector type, elements per vector, rows, max vectors per row
+ *   VZERO() VLOAD(p) VLOADU(p) VSTOREU(p, x) VSET1(s) VFMA(a, b, c) (= a*b + c) VMUL(a, b)
+ *   UKR_NAME(v)           the exported name of the v-vector variant
+ *
+ * The accumulators form an MR x v array of vectors; with MR and v compile-time constants and the loops fully
+ * unrolled, the compiler keeps them all in registers (MR * v <= 24 of the 32 zmm/16 ymm registers for the
+ * kernel shapes chosen in dispatch.c). Each k step loads v vectors of B and broadcasts MR scalars of A.
+ * beta == 0 stores without reading C, as BLAS requires. */
+
+#define UKR_CAT_(a, b) a##b
+#define UKR_CAT(a, b) UKR_CAT_(a, b)
+#define UKR_BODY UKR_CAT(UKR_NAME(0), _body)
+
+static inline __attribute__((always_inline)) void UKR_BODY(const int nv, int64_t k, const T *FC_RESTRICT a,
+                                                           const T *FC_RESTRICT b, T *FC_RESTRICT c, int64_t rs_c,
+                                                           T alpha, T beta) {
+    VEC acc[MR][NV];
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) acc[r][v] = VZERO();
+
+    for (int64_t p = 0; p < k; p++) {
+        VEC bv[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) bv[v] = VLOAD(b + v * VL);
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; r++) {
+            VEC ar = VSET1(a[r]);
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++) acc[r][v] = VFMA(ar, bv[v], acc[r][v]);
+        }
+        a += MR;
+        b += nv * VL;
+    }
+
+    VEC va = VSET1(alpha);
+    if (beta == (T)0) {
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; r++)
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++) VSTOREU(c + r * rs_c + v * VL, VMUL(acc[r][v], va));
+    } else {
+        VEC vb = VSET1(beta);
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; r++)
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++) {
+                T *cp = c + r * rs_c + v * VL;
+                VSTOREU(cp, VFMA(acc[r][v], va, VMUL(VLOADU(cp), vb)));
+            }
+    }
+}
+
+#define UKR_DEFINE(v)                                                                                            \
+    void UKR_NAME(v)(int64_t k, const T *FC_RESTRICT a, const T *FC_RESTRICT b, T *FC_RESTRICT c, int64_t rs_c, \
+                     T alpha, T beta) {                                                                          \
+        UKR_BODY(v, k, a, b, c, rs_c, alpha, beta);                                                              \
+    }
+
+UKR_DEFINE(1)
+#if NV >= 2
+UKR_DEFINE(2)
+#endif
+#if NV >= 3
+UKR_DEFINE(3)
+#endif
+#if NV >= 4
+UKR_DEFINE(4)
+#endif
+
+#undef UKR_DEFINE
+#undef UKR_BODY
+#undef UKR_CAT
+#undef UKR_CAT_

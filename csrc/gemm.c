@@ -1,0 +1,29 @@
+/* GEMM entry points: the driver in gemm_driver.inc instantiated for float32 and float64. */
+#include <stdint.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "fastconv/dispatch.h"
+#include "fastconv/gemm.h"
+#include "fastconv/threads.h"
+
+#define T float
+#define PFX s
+#define KERN s
+#define KERNEL_T fc_sgemm_kernel
+#include "gemm_driver.inc"
+#undef T
+#undef PFX
+#undef KERN
+#undef KERNEL_T
+
+#define T double
+#define PFX d
+#define KERN d
+#define KERNEL_T fc_dgemm_kernel
+#include "gemm_driver.inc"
+#undef T
+#undef PFX
+#undef KERN
+#undef KERNEL_T

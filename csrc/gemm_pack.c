@@ -1,0 +1,92 @@
+/* Packing of GEMM operands into the micro-panel layout the micro-kernels stream through.
+ *
+ * Packed A (one mc x kc block), micro-panels of mr rows:       Packed B (one kc x nc panel), micro-panels of nr cols:
+ *
+ *   panel 0: a[0,0] a[1,0] .. a[mr-1,0]   <- k = 0              panel 0: b[0,0] b[0,1] .. b[0,nr-1]   <- k = 0
+ *            a[0,1] a[1,1] .. a[mr-1,1]   <- k = 1                       b[1,0] b[1,1] .. b[1,nr-1]   <- k = 1
+ *            ...                                                         ...
+ *   panel 1: rows mr .. 2mr-1, same order                       panel 1: columns nr .. 2nr-1, same order
+ *
+ * so that the micro-kernel reads both operands strictly sequentially. The last A panel is zero-padded to mr rows.
+ * The last B panel is only as wide as the columns it holds, rounded up to the vector length vl (zero-padded): the
+ * driver then runs the narrower micro-kernel variant on it instead of wasting work on a full nr tile. Panel j of
+ * B therefore starts at offset j * nr * kc whatever the width of the last one. */
+#include <string.h>
+
+#include "fastconv/gemm.h"
+
+#define FC_DEFINE_PACK(T, PFX)                                                                                     \
+    void fc_##PFX##pack_b_strided(const void *src, int64_t k0, int64_t kc, int64_t j0, int64_t nc, int nr, int vl, \
+                                  T *FC_RESTRICT dst) {                                                            \
+        const fc_strided_matrix *b = (const fc_strided_matrix *)src;                                               \
+        const T *base = (const T *)b->data;                                                                        \
+        for (int64_t jp = 0; jp < nc; jp += nr) {                                                                  \
+            int64_t w = nc - jp < nr ? nc - jp : nr;                                                               \
+            int64_t wpad = (w + vl - 1) / vl * vl;                                                                 \
+            T *d = dst + jp * kc;                                                                                  \
+            if (b->cs == 1) {                                                                                      \
+                for (int64_t p = 0; p < kc; p++) {                                                                 \
+                    const T *s = base + (k0 + p) * b->rs + (j0 + jp);                                              \
+                    memcpy(d + p * wpad, s, (size_t)w * sizeof(T));                                                \
+                    for (int64_t j = w; j < wpad; j++) d[p * wpad + j] = 0;                                        \
+                }                                                                                                  \
+            } else {                                                                                               \
+                /* column-major or strided B: walk down each column, which is the contiguous direction */          \
+                for (int64_t j = 0; j < w; j++) {                                                                  \
+                    const T *s = base + k0 * b->rs + (j0 + jp + j) * b->cs;                                        \
+                    for (int64_t p = 0; p < kc; p++) d[p * wpad + j] = s[p * b->rs];                               \
+                }                                                                                                  \
+                for (int64_t p = 0; p < kc; p++)                                                                   \
+                    for (int64_t j = w; j < wpad; j++) d[p * wpad + j] = 0;                                        \
+            }                                                                                                      \
+        }                                                                                                          \
+    }                                                                                                              \
+                                                                                                                   \
+    void fc_##PFX##pack_a(const fc_strided_matrix *a, int64_t i0, int64_t mc, int64_t k0, int64_t kc, int mr,      \
+                          T *FC_RESTRICT dst) {                                                                    \
+        const T *base = (const T *)a->data;                                                                        \
+        for (int64_t ip = 0; ip < mc; ip += mr) {                                                                  \
+            int64_t h = mc - ip < mr ? mc - ip : mr;                                                               \
+            T *d = dst + ip * kc;                                                                                  \
+            if (a->rs == 1) { /* column-major A: each k is a contiguous run of rows */                             \
+                for (int64_t p = 0; p < kc; p++) {                                                                 \
+                    const T *s = base + (i0 + ip) + (k0 + p) * a->cs;                                              \
+                    for (int64_t r = 0; r < h; r++) d[p * mr + r] = s[r];                                          \
+                    for (int64_t r = h; r < mr; r++) d[p * mr + r] = 0;                                            \
+                }                                                                                                  \
+            } else {                                                                                               \
+                for (int64_t r = 0; r < h; r++) {                                                                  \
+                    const T *s = base + (i0 + ip + r) * a->rs + k0 * a->cs;                                        \
+                    for (int64_t p = 0; p < kc; p++) d[p * mr + r] = s[p * a->cs];                                 \
+                }                                                                                                  \
+                for (int64_t r = h; r < mr; r++)                                                                   \
+                    for (int64_t p = 0; p < kc; p++) d[p * mr + r] = 0;                                            \
+            }                                                                                                      \
+        }                                                                                                          \
+    }
+
+FC_DEFINE_PACK(float, s)
+FC_DEFINE_PACK(double, d)
+
+/* Grow-only per-thread scratch. Threads of the OpenMP pool persist, so after the first call of a given size no
+ * allocation (and no page fault) happens on the hot path. */
+#define FC_THREAD_SLOTS 4
+static _Thread_local void *slot_ptr[FC_THREAD_SLOTS];
+static _Thread_local int64_t slot_cap[FC_THREAD_SLOTS];
+
+void *fc_thread_buffer(int slot, int64_t bytes) {
+    if (slot < 0 || slot >= FC_THREAD_SLOTS || bytes < 0) return NULL;
+    if (bytes > slot_cap[slot]) {
+        void *p = fc_aligned_alloc(bytes);
+        if (!p) return NULL;
+        fc_aligned_free(slot_ptr[slot]);
+        slot_ptr[slot] = p;
+        slot_cap[slot] = bytes;
+    }
+    if (!slot_ptr[slot]) { /* bytes == 0 on a fresh slot: still hand out a valid pointer */
+        slot_ptr[slot] = fc_aligned_alloc(FC_ALIGN);
+        if (!slot_ptr[slot]) return NULL;
+        slot_cap[slot] = FC_ALIGN;
+    }
+    return slot_ptr[slot];
+}

@@ -1,0 +1,53 @@
+/* The table of GEMM micro-kernels and their blocking sizes, one row per instruction set.
+ *
+ * A micro-kernel computes one mr x (v*vl) tile of C from a packed A micro-panel (mr values per k) and a packed
+ * B micro-panel (v*vl values per k), for v = 1..nv vectors: the narrower variants serve the right edge of C so
+ * that little work is wasted on zero padding. Adding an ISA = one micro-kernel file + one row in dispatch.c. */
+#ifndef FASTCONV_DISPATCH_H
+#define FASTCONV_DISPATCH_H
+
+#include "fastconv/base.h"
+
+#define FC_MAX_NV 4
+
+typedef void (*fc_sgemm_ukr)(int64_t k, const float *FC_RESTRICT a, const float *FC_RESTRICT b,
+                             float *FC_RESTRICT c, int64_t rs_c, float alpha, float beta);
+typedef void (*fc_dgemm_ukr)(int64_t k, const double *FC_RESTRICT a, const double *FC_RESTRICT b,
+                             double *FC_RESTRICT c, int64_t rs_c, double alpha, double beta);
+
+typedef struct fc_sgemm_kernel {
+    int mr, vl, nv;     /* tile: mr rows x (nv * vl) columns */
+    int mc, kc, nc;     /* cache blocking: A block mc x kc (L2), B panel kc x nc (L3), B micro-panel in L1 */
+    fc_sgemm_ukr ukr[FC_MAX_NV + 1]; /* ukr[v] handles v vectors of columns */
+} fc_sgemm_kernel;
+
+typedef struct fc_dgemm_kernel {
+    int mr, vl, nv;
+    int mc, kc, nc;
+    fc_dgemm_ukr ukr[FC_MAX_NV + 1];
+} fc_dgemm_kernel;
+
+typedef struct fc_arch {
+    const char *name;     /* "ref", "avx2", "avx512" */
+    const char *isa;      /* human description */
+    fc_sgemm_kernel s;
+    fc_dgemm_kernel d;
+} fc_arch;
+
+/* Every arch compiled into this build, best last. */
+int fc_arch_count(void);
+const fc_arch *fc_arch_at(int i);
+/* Whether this CPU can run arch `a`. */
+int fc_arch_supported(const fc_arch *a);
+/* The best arch this CPU supports. */
+const fc_arch *fc_arch_best(void);
+const fc_arch *fc_arch_find(const char *name);
+
+/* The process-wide selection (chosen once at import; tests switch it). */
+const fc_arch *fc_arch_current(void);
+void fc_arch_select(const fc_arch *a);
+
+/* The default context: current arch and thread count. */
+fc_context fc_context_default(void);
+
+#endif

@@ -1,0 +1,65 @@
+/* General matrix multiply C = alpha * A * B + beta * C for float32 (s) and float64 (d).
+ *
+ * Every matrix is given by a pointer and two element strides (row stride rs, column stride cs), so row-major,
+ * column-major, transposed and sliced operands are all the same call: a transpose swaps rs and cs.
+ * BLAS semantics: beta == 0 means C is overwritten and never read (it may hold NaN).
+ *
+ * fc_gemm_*_b_packed lets a caller supply its own B packing routine (convolution packs B straight from the image,
+ * without materializing the im2col matrix). */
+#ifndef FASTCONV_GEMM_H
+#define FASTCONV_GEMM_H
+
+#include "fastconv/base.h"
+
+/* Pack rows [k0, k0+kc) and columns [j0, j0+nc) of an implicit K x N matrix B into `dst` in the micro-panel
+ * layout described in gemm_pack.c: panels of `nr` columns, each panel k-major (nr values per k), the last panel
+ * `nr_last` wide (a multiple of the vector length, zero-padded past N). */
+typedef void (*fc_spack_b_fn)(const void *src, int64_t k0, int64_t kc, int64_t j0, int64_t nc, int nr, int vl,
+                              float *FC_RESTRICT dst);
+typedef void (*fc_dpack_b_fn)(const void *src, int64_t k0, int64_t kc, int64_t j0, int64_t nc, int nr, int vl,
+                              double *FC_RESTRICT dst);
+
+/* A strided matrix, the `src` of the packing routines below. */
+typedef struct fc_strided_matrix {
+    const void *data;
+    int64_t rs, cs; /* element strides */
+} fc_strided_matrix;
+
+/* Packing of strided operands (gemm_pack.c): B panels as above; A into micro-panels of `mr` rows, each k-major
+ * (mr values per k), rows past `mc` zero-padded. */
+void fc_spack_b_strided(const void *src, int64_t k0, int64_t kc, int64_t j0, int64_t nc, int nr, int vl,
+                        float *FC_RESTRICT dst);
+void fc_dpack_b_strided(const void *src, int64_t k0, int64_t kc, int64_t j0, int64_t nc, int nr, int vl,
+                        double *FC_RESTRICT dst);
+void fc_spack_a(const fc_strided_matrix *a, int64_t i0, int64_t mc, int64_t k0, int64_t kc, int mr,
+                float *FC_RESTRICT dst);
+void fc_dpack_a(const fc_strided_matrix *a, int64_t i0, int64_t mc, int64_t k0, int64_t kc, int mr,
+                double *FC_RESTRICT dst);
+
+/* Per-thread scratch buffers reused across calls (grow-only), so small GEMMs do not pay for page faults.
+ * slot 0: packed A, 1: packed B, 2..3: free for callers such as convolution (im2col tiles). */
+void *fc_thread_buffer(int slot, int64_t bytes);
+
+int fc_sgemm(const fc_context *ctx, int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t rs_a,
+             int64_t cs_a, const float *b, int64_t rs_b, int64_t cs_b, float beta, float *c, int64_t rs_c,
+             int64_t cs_c);
+int fc_dgemm(const fc_context *ctx, int64_t m, int64_t n, int64_t k, double alpha, const double *a, int64_t rs_a,
+             int64_t cs_a, const double *b, int64_t rs_b, int64_t cs_b, double beta, double *c, int64_t rs_c,
+             int64_t cs_c);
+
+/* The same with B given as an opaque source and its packing routine. */
+int fc_sgemm_b_packed(const fc_context *ctx, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+                      int64_t rs_a, int64_t cs_a, const void *b_src, fc_spack_b_fn pack_b, float beta, float *c,
+                      int64_t rs_c, int64_t cs_c);
+int fc_dgemm_b_packed(const fc_context *ctx, int64_t m, int64_t n, int64_t k, double alpha, const double *a,
+                      int64_t rs_a, int64_t cs_a, const void *b_src, fc_dpack_b_fn pack_b, double beta, double *c,
+                      int64_t rs_c, int64_t cs_c);
+
+/* Naive triple loop, the oracle the tests and the packed driver's edge handling can be checked against. */
+void fc_sgemm_naive(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t rs_a, int64_t cs_a,
+                    const float *b, int64_t rs_b, int64_t cs_b, float beta, float *c, int64_t rs_c, int64_t cs_c);
+void fc_dgemm_naive(int64_t m, int64_t n, int64_t k, double alpha, const double *a, int64_t rs_a, int64_t cs_a,
+                    const double *b, int64_t rs_b, int64_t cs_b, double beta, double *c, int64_t rs_c,
+                    int64_t cs_c);
+
+#endif

@@ -1,0 +1,14 @@
+"""fastconv: a small, fast CPU engine for convolutional networks on NumPy arrays (NCHW).
+
+    >>> import fastconv, numpy as np
+    >>> c = fastconv.gemm(np.ones((2, 3), np.float32), np.ones((3, 4), np.float32))
+    >>> fastconv.show_config()          # kernels, CPU features, OpenMP, threads
+"""
+__version__ = "0.1.0"
+
+from ._runtime import (available_archs, get_arch, get_num_threads, set_arch, set_num_threads, show_config,
+                       threads)
+from .functional import gemm
+
+__all__ = ["__version__", "available_archs", "get_arch", "set_arch", "get_num_threads", "set_num_threads",
+           "threads", "show_config", "gemm"]

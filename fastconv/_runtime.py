@@ -1,0 +1,144 @@
+"""Process-wide engine state: which micro-kernels run and on how many threads.
+
+The kernel set is chosen once at import (the best the CPU supports, or FASTCONV_ARCH=ref|avx2|avx512) and can be
+switched with set_arch (tests run every kernel in one process). The thread count starts from OMP_NUM_THREADS or
+the CPUs available, and is changed by set_num_threads, the threads() context manager, or threadpoolctl.
+"""
+import contextlib
+import os
+import sys
+
+from . import _C
+
+
+def available_archs():
+    """Names of the kernel sets this build contains and this CPU can run, portable first."""
+    return [a["name"] for a in _C.archs() if a["supported"]]
+
+
+def get_arch():
+    """Name of the kernel set in use."""
+    return _C.current_arch()
+
+
+def set_arch(name):
+    """Use kernel set `name` ("ref", "avx2" or "avx512") from now on; returns the previous name.
+
+    Raises ValueError naming the choices when `name` is unknown or this CPU cannot run it.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"arch must be a str, got {type(name).__name__}")
+    built = [a["name"] for a in _C.archs()]
+    if name not in built:
+        raise ValueError(f"unknown fastconv arch {name!r}: this build has {built}")
+    previous = _C.current_arch()
+    if not _C.select_arch(name):
+        raise ValueError(f"fastconv arch {name!r} is not supported by this CPU; usable: {available_archs()}")
+    return previous
+
+
+def get_num_threads():
+    """Number of threads fastconv's kernels use."""
+    return _C.get_num_threads()
+
+
+def set_num_threads(n):
+    """Use `n` threads (n >= 1) in fastconv's kernels; returns the previous count."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"number of threads must be an int, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"number of threads must be >= 1, got {n}")
+    return _C.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def threads(n):
+    """Context manager: run the enclosed code with `n` threads, then restore the previous count."""
+    previous = set_num_threads(n)
+    try:
+        yield
+    finally:
+        _C.set_num_threads(previous)
+
+
+def config():
+    """The configuration as a dict (what show_config prints)."""
+    from . import __version__
+    return {
+        "version": __version__,
+        "archs": _C.archs(),
+        "arch": _C.current_arch(),
+        "arch_source": _arch_source,
+        "cpu": _C.cpu_features(),
+        "openmp": _C.have_openmp(),
+        "num_threads": _C.get_num_threads(),
+        "num_threads_source": _C.num_threads_source(),
+        "cpu_count": _C.cpu_count(),
+    }
+
+
+def show_config(file=None):
+    """Print version, kernels available and chosen, CPU features, OpenMP and threads."""
+    c = config()
+    out = file or sys.stdout
+    cpu = c["cpu"]
+    p = lambda *a: print(*a, file=out)  # noqa: E731
+    p(f"fastconv {c['version']}")
+    p(f"  CPU:       {cpu['brand'] or 'unknown'} ({cpu['vendor'] or 'non-x86'})")
+    feats = [k for k in ("avx2_fma", "avx512f", "avx512dq", "avx512bw", "avx512vl") if cpu.get(k)]
+    p(f"  features:  {', '.join(feats) if feats else 'baseline only'}")
+    p("  kernels:")
+    for a in c["archs"]:
+        mark = "*" if a["name"] == c["arch"] else " "
+        ok = "available" if a["supported"] else "not supported by this CPU"
+        p(f"   {mark} {a['name']:<7} {a['isa']:<24} sgemm tile {a['sgemm_tile'][0]}x{a['sgemm_tile'][1]}, "
+          f"dgemm tile {a['dgemm_tile'][0]}x{a['dgemm_tile'][1]}  ({ok})")
+    p(f"  chosen:    {c['arch']} ({c['arch_source']})")
+    p(f"  OpenMP:    {'on' if c['openmp'] else 'off (built without OpenMP: kernels run serially)'}")
+    p(f"  threads:   {c['num_threads']} (from {c['num_threads_source']}; {c['cpu_count']} CPUs available)")
+
+
+def _select_arch_from_env():
+    name = os.environ.get("FASTCONV_ARCH", "").strip()
+    if not name:
+        return "best supported by this CPU"
+    try:
+        set_arch(name)
+    except ValueError as e:
+        raise ImportError(f"FASTCONV_ARCH={name!r}: {e}") from None
+    return "FASTCONV_ARCH"
+
+
+_arch_source = _select_arch_from_env()
+
+
+def _register_threadpoolctl():
+    """Let threadpoolctl see and limit fastconv's pool, so code that caps BLAS threads caps ours too.
+
+    fastconv registers under user_api "blas" (its GEMM is a BLAS-like provider) and internal_api "fastconv".
+    """
+    try:
+        import threadpoolctl
+    except ImportError:
+        return
+
+    class FastconvController(threadpoolctl.LibController):
+        user_api = "blas"
+        internal_api = "fastconv"
+        filename_prefixes = ("_c.",)  # threadpoolctl lower-cases file names
+        check_symbols = ("fastconv_get_num_threads", "fastconv_set_num_threads")
+
+        def get_num_threads(self):
+            return self.dynlib.fastconv_get_num_threads()
+
+        def set_num_threads(self, num_threads):
+            self.dynlib.fastconv_set_num_threads(int(num_threads))
+
+        def get_version(self):
+            from . import __version__
+            return __version__
+
+    threadpoolctl.register(FastconvController)
+
+
+_register_threadpoolctl()

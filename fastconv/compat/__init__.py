@@ -1,0 +1,1 @@
+"""Drop-in NumPy layer APIs backed by fastconv."""
