@@ -81,3 +81,4 @@ def cpu_count():
 
 # ---------------------------------------------------------------- kernel families
 include "_C_gemm.pxi"
+include "_C_conv.pxi"

@@ -1,0 +1,57 @@
+/* Convolution entry points: geometry checks, then the drivers of conv_impl.inc for float32 and float64. */
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "fastconv/conv.h"
+#include "fastconv/gemm.h"
+#include "fastconv/im2col.h"
+#include "fastconv/threads.h"
+
+/* 1x1, stride 1, no padding, no dilation: the image is its own column matrix. */
+static int fc_conv2d_is_pointwise(const fc_conv2d_desc *d) {
+    return d->kh == 1 && d->kw == 1 && d->sh == 1 && d->sw == 1 && d->ph == 0 && d->pw == 0;
+}
+
+int fc_conv2d_prepare(fc_conv2d_desc *d) {
+    if (d->n < 0 || d->c < 1 || d->h < 1 || d->w < 1 || d->f < 1 || d->kh < 1 || d->kw < 1 || d->sh < 1 ||
+        d->sw < 1 || d->ph < 0 || d->pw < 0 || d->dh < 1 || d->dw < 1 || d->groups < 1 || d->c % d->groups ||
+        d->f % d->groups)
+        return FC_ERR_ARG;
+    int64_t ext_h, ext_w, span_h, span_w, t;
+    if (fc_mul_overflow(d->dh, d->kh - 1, &ext_h) || fc_mul_overflow(d->dw, d->kw - 1, &ext_w) ||
+        fc_mul_overflow(d->ph, 2, &span_h) || fc_mul_overflow(d->pw, 2, &span_w) ||
+        fc_add_overflow(span_h, d->h, &span_h) || fc_add_overflow(span_w, d->w, &span_w))
+        return FC_ERR_OVERFLOW;
+    if (span_h - ext_h < 1 || span_w - ext_w < 1) return FC_ERR_ARG; /* kernel larger than the padded input */
+    d->oh = (span_h - ext_h - 1) / d->sh + 1;
+    d->ow = (span_w - ext_w - 1) / d->sw + 1;
+    /* every product the drivers form, checked once here */
+    if (fc_mul_overflow(d->n, d->c, &t) || fc_mul_overflow(t, d->h, &t) || fc_mul_overflow(t, d->w, &t) ||
+        fc_mul_overflow(d->n, d->f, &t) || fc_mul_overflow(t, d->oh, &t) || fc_mul_overflow(t, d->ow, &t) ||
+        fc_mul_overflow(d->f, d->c, &t) || fc_mul_overflow(t, d->kh, &t) || fc_mul_overflow(t, d->kw, &t) ||
+        fc_mul_overflow(t, 8 * 64, &t))
+        return FC_ERR_OVERFLOW;
+    return FC_OK;
+}
+
+int64_t fc_conv2d_workspace_bytes(const fc_conv2d_desc *d, int64_t elem_size) {
+    int64_t kdim = d->c / d->groups * d->kh * d->kw, p = d->oh * d->ow;
+    int64_t tp = FC_CONV_TILE_ELEMS / (kdim > 0 ? kdim : 1);
+    if (tp < 16) tp = 16;
+    if (tp > p) tp = p;
+    return kdim * tp * elem_size;
+}
+
+#define T float
+#define PFX s
+#include "conv_impl.inc"
+#undef T
+#undef PFX
+
+#define T double
+#define PFX d
+#include "conv_impl.inc"
+#undef T
+#undef PFX

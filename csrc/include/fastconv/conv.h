@@ -1,0 +1,56 @@
+/* 2-D convolution, NCHW, forward and backward, float32 (s) and float64 (d).
+ *
+ *   x (n, c, h, w) * weight (f, c/groups, kh, kw) + bias (f) -> y (n, f, oh, ow)
+ *   oh = (h + 2 ph - dh (kh - 1) - 1) / sh + 1, likewise ow.
+ *
+ * Forward and the weight gradient run the GEMM with B packed straight from the image (implicit im2col): no
+ * column matrix is ever materialized. The input gradient multiplies W^T by dY one tile of output pixels at a
+ * time and scatters the tile back with col2im, so its workspace is bounded by FC_CONV_TILE_ELEMS elements per
+ * thread whatever the batch or image size. 1x1 / stride 1 / pad 0 / dilation 1 convolutions skip im2col and
+ * col2im entirely (the image *is* the column matrix).
+ *
+ * Threads: with at least as many images as threads, images are spread over the threads and every GEMM runs
+ * single-threaded; otherwise images go one after another and each GEMM uses all threads. Never both. */
+#ifndef FASTCONV_CONV_H
+#define FASTCONV_CONV_H
+
+#include "fastconv/base.h"
+
+typedef struct fc_conv2d_desc {
+    int64_t n, c, h, w;     /* input */
+    int64_t f;              /* output channels */
+    int64_t kh, kw;         /* kernel */
+    int64_t sh, sw;         /* stride >= 1 */
+    int64_t ph, pw;         /* zero padding >= 0 on both sides */
+    int64_t dh, dw;         /* dilation >= 1 */
+    int64_t groups;         /* divides c and f */
+    int64_t oh, ow;         /* output size, filled in by fc_conv2d_prepare */
+} fc_conv2d_desc;
+
+/* Elements of the per-thread column tile used by the input gradient (4 MiB of float32). */
+#define FC_CONV_TILE_ELEMS ((int64_t)1 << 20)
+
+/* Compute oh/ow and check every size product for int64 overflow. FC_ERR_ARG when the geometry is invalid. */
+int fc_conv2d_prepare(fc_conv2d_desc *d);
+
+/* Bytes of workspace per thread the kernels may allocate (packing buffers excluded). */
+int64_t fc_conv2d_workspace_bytes(const fc_conv2d_desc *d, int64_t elem_size);
+
+int fc_sconv2d_forward(const fc_context *ctx, const float *x, float *y, const float *weight, const float *bias,
+                       const fc_conv2d_desc *d);
+int fc_dconv2d_forward(const fc_context *ctx, const double *x, double *y, const double *weight,
+                       const double *bias, const fc_conv2d_desc *d);
+
+/* dx from dy and the weights (x not needed). */
+int fc_sconv2d_backward_input(const fc_context *ctx, const float *dy, float *dx, const float *weight,
+                              const fc_conv2d_desc *d);
+int fc_dconv2d_backward_input(const fc_context *ctx, const double *dy, double *dx, const double *weight,
+                              const fc_conv2d_desc *d);
+
+/* dweight (and dbias when not NULL) from dy and x; overwrites them. */
+int fc_sconv2d_backward_weight(const fc_context *ctx, const float *x, const float *dy, float *dweight,
+                               float *dbias, const fc_conv2d_desc *d);
+int fc_dconv2d_backward_weight(const fc_context *ctx, const double *x, const double *dy, double *dweight,
+                               double *dbias, const fc_conv2d_desc *d);
+
+#endif

@@ -1,0 +1,98 @@
+# Convolution bindings (included by _C.pyx).
+
+cdef extern from "fastconv/conv.h" nogil:
+    ctypedef struct fc_conv2d_desc:
+        int64_t n, c, h, w, f, kh, kw, sh, sw, ph, pw, dh, dw, groups, oh, ow
+    int fc_conv2d_prepare(fc_conv2d_desc *d)
+    int64_t fc_conv2d_workspace_bytes(const fc_conv2d_desc *d, int64_t elem_size)
+    int fc_sconv2d_forward(const fc_context *ctx, const float *x, float *y, const float *weight,
+                           const float *bias, const fc_conv2d_desc *d)
+    int fc_dconv2d_forward(const fc_context *ctx, const double *x, double *y, const double *weight,
+                           const double *bias, const fc_conv2d_desc *d)
+    int fc_sconv2d_backward_input(const fc_context *ctx, const float *dy, float *dx, const float *weight,
+                                  const fc_conv2d_desc *d)
+    int fc_dconv2d_backward_input(const fc_context *ctx, const double *dy, double *dx, const double *weight,
+                                  const fc_conv2d_desc *d)
+    int fc_sconv2d_backward_weight(const fc_context *ctx, const float *x, const float *dy, float *dweight,
+                                   float *dbias, const fc_conv2d_desc *d)
+    int fc_dconv2d_backward_weight(const fc_context *ctx, const double *x, const double *dy, double *dweight,
+                                   double *dbias, const fc_conv2d_desc *d)
+
+
+cdef fc_conv2d_desc _conv_desc(tuple x_shape, tuple w_shape, tuple stride, tuple padding, tuple dilation,
+                               int64_t groups) except *:
+    cdef fc_conv2d_desc d
+    d.n, d.c, d.h, d.w = x_shape
+    d.f = w_shape[0]
+    d.kh, d.kw = w_shape[2], w_shape[3]
+    d.sh, d.sw = stride
+    d.ph, d.pw = padding
+    d.dh, d.dw = dilation
+    d.groups = groups
+    check(fc_conv2d_prepare(&d))
+    return d
+
+
+def conv2d_output_hw(tuple x_shape, tuple w_shape, tuple stride, tuple padding, tuple dilation, int64_t groups):
+    cdef fc_conv2d_desc d = _conv_desc(x_shape, w_shape, stride, padding, dilation, groups)
+    return d.oh, d.ow
+
+
+def conv2d_workspace_bytes(tuple x_shape, tuple w_shape, tuple stride, tuple padding, tuple dilation,
+                           int64_t groups, int64_t itemsize):
+    cdef fc_conv2d_desc d = _conv_desc(x_shape, w_shape, stride, padding, dilation, groups)
+    return fc_conv2d_workspace_bytes(&d, itemsize)
+
+
+def conv2d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, const real[:, :, :, ::1] weight,
+                   const real[::1] bias, tuple stride, tuple padding, tuple dilation, int64_t groups):
+    cdef fc_conv2d_desc d = _conv_desc((x.shape[0], x.shape[1], x.shape[2], x.shape[3]),
+                                       (weight.shape[0], weight.shape[1], weight.shape[2], weight.shape[3]), stride, padding, dilation,
+                                       groups)
+    cdef fc_context ctx = fc_context_default()
+    cdef const real *pb = &bias[0] if bias is not None else NULL
+    cdef int err = 0
+    if d.n == 0:
+        return
+    with nogil:
+        if real is float:
+            err = fc_sconv2d_forward(&ctx, &x[0, 0, 0, 0], &y[0, 0, 0, 0], &weight[0, 0, 0, 0], pb, &d)
+        else:
+            err = fc_dconv2d_forward(&ctx, &x[0, 0, 0, 0], &y[0, 0, 0, 0], &weight[0, 0, 0, 0], pb, &d)
+    check(err)
+
+
+def conv2d_backward_input(const real[:, :, :, ::1] dy, real[:, :, :, ::1] dx, const real[:, :, :, ::1] weight,
+                          tuple stride, tuple padding, tuple dilation, int64_t groups):
+    cdef fc_conv2d_desc d = _conv_desc((dx.shape[0], dx.shape[1], dx.shape[2], dx.shape[3]),
+                                       (weight.shape[0], weight.shape[1], weight.shape[2], weight.shape[3]), stride, padding, dilation,
+                                       groups)
+    cdef fc_context ctx = fc_context_default()
+    cdef int err = 0
+    if d.n == 0:
+        return
+    with nogil:
+        if real is float:
+            err = fc_sconv2d_backward_input(&ctx, &dy[0, 0, 0, 0], &dx[0, 0, 0, 0], &weight[0, 0, 0, 0], &d)
+        else:
+            err = fc_dconv2d_backward_input(&ctx, &dy[0, 0, 0, 0], &dx[0, 0, 0, 0], &weight[0, 0, 0, 0], &d)
+    check(err)
+
+
+def conv2d_backward_weight(const real[:, :, :, ::1] x, const real[:, :, :, ::1] dy, real[:, :, :, ::1] dweight,
+                           real[::1] dbias, tuple w_shape, tuple stride, tuple padding, tuple dilation,
+                           int64_t groups):
+    """dweight and/or dbias (either may be None) from x and dy; both are overwritten."""
+    cdef fc_conv2d_desc d = _conv_desc((x.shape[0], x.shape[1], x.shape[2], x.shape[3]), w_shape, stride, padding, dilation, groups)
+    cdef fc_context ctx = fc_context_default()
+    cdef real *pdw = &dweight[0, 0, 0, 0] if dweight is not None else NULL
+    cdef real *pdb = &dbias[0] if dbias is not None else NULL
+    cdef const real *px = &x[0, 0, 0, 0] if d.n > 0 else NULL
+    cdef const real *pdy = &dy[0, 0, 0, 0] if d.n > 0 else NULL
+    cdef int err = 0
+    with nogil:
+        if real is float:
+            err = fc_sconv2d_backward_weight(&ctx, px, pdy, pdw, pdb, &d)
+        else:
+            err = fc_dconv2d_backward_weight(&ctx, px, pdy, pdw, pdb, &d)
+    check(err)
