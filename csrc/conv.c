@@ -36,12 +36,30 @@ int fc_conv2d_prepare(fc_conv2d_desc *d) {
     return FC_OK;
 }
 
+/* Images per GEMM: enough small images side by side to give the GEMM FC_CONV_MIN_COLS columns, as long as
+ * the (f/groups x nb*oh*ow) staging buffer stays within FC_CONV_TILE_ELEMS * 4 elements. */
+static int64_t fc_conv2d_images_per_gemm(const fc_conv2d_desc *d) {
+    int64_t p = d->oh * d->ow, fg = d->f / d->groups;
+    if (p >= FC_CONV_MIN_COLS || d->n <= 1) return 1;
+    int64_t nb = (FC_CONV_MIN_COLS + p - 1) / p;
+    int64_t cap = 4 * FC_CONV_TILE_ELEMS / (fg * p);
+    if (nb > cap) nb = cap;
+    if (nb > d->n) nb = d->n;
+    return nb < 1 ? 1 : nb;
+}
+
+/* Columns per col2im tile of the input gradient: the kdim x tile matrix stays within FC_CONV_TILE_ELEMS. */
+static int64_t fc_conv2d_tile_columns(const fc_conv2d_desc *d, int64_t nb) {
+    int64_t kdim = d->c / d->groups * d->kh * d->kw, cols = nb * d->oh * d->ow;
+    int64_t tp = FC_CONV_TILE_ELEMS / kdim;
+    if (tp < 16) tp = 16; /* a very deep kernel still gets a GEMM worth running */
+    return tp < cols ? tp : cols;
+}
+
 int64_t fc_conv2d_workspace_bytes(const fc_conv2d_desc *d, int64_t elem_size) {
-    int64_t kdim = d->c / d->groups * d->kh * d->kw, p = d->oh * d->ow;
-    int64_t tp = FC_CONV_TILE_ELEMS / (kdim > 0 ? kdim : 1);
-    if (tp < 16) tp = 16;
-    if (tp > p) tp = p;
-    return kdim * tp * elem_size;
+    int64_t nb = fc_conv2d_images_per_gemm(d), kdim = d->c / d->groups * d->kh * d->kw;
+    int64_t staging = nb > 1 ? d->f / d->groups * nb * d->oh * d->ow : 0;
+    return (kdim * fc_conv2d_tile_columns(d, nb) + staging) * elem_size;
 }
 
 #define T float

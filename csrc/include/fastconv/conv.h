@@ -9,8 +9,9 @@
  * thread whatever the batch or image size. 1x1 / stride 1 / pad 0 / dilation 1 convolutions skip im2col and
  * col2im entirely (the image *is* the column matrix).
  *
- * Threads: with at least as many images as threads, images are spread over the threads and every GEMM runs
- * single-threaded; otherwise images go one after another and each GEMM uses all threads. Never both. */
+ * Threads: with at least as many (large) images as threads, images are spread over the threads and every GEMM
+ * runs single-threaded; otherwise each GEMM uses all threads. Never both. Small images are batched several to a
+ * GEMM (conv_impl.inc). */
 #ifndef FASTCONV_CONV_H
 #define FASTCONV_CONV_H
 
@@ -29,6 +30,8 @@ typedef struct fc_conv2d_desc {
 
 /* Elements of the per-thread column tile used by the input gradient (4 MiB of float32). */
 #define FC_CONV_TILE_ELEMS ((int64_t)1 << 20)
+/* Images smaller than this many output pixels are batched into one GEMM (see conv_impl.inc). */
+#define FC_CONV_MIN_COLS 2048
 
 /* Compute oh/ow and check every size product for int64 overflow. FC_ERR_ARG when the geometry is invalid. */
 int fc_conv2d_prepare(fc_conv2d_desc *d);
