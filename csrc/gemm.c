@@ -8,6 +8,9 @@
 #include "fastconv/gemm.h"
 #include "fastconv/threads.h"
 
+/* Bytes of packed B that a small-M GEMM keeps in L2 (the L2 is 1 MiB on Zen 4, 2 MiB on Sapphire Rapids). */
+#define FC_GEMM_L2_BUDGET ((int64_t)768 * 1024)
+
 #define T float
 #define PFX s
 #define KERN s

@@ -54,6 +54,12 @@
                     for (int64_t r = 0; r < h; r++) d[p * mr + r] = s[r];                                          \
                     for (int64_t r = h; r < mr; r++) d[p * mr + r] = 0;                                            \
                 }                                                                                                  \
+            } else if (h == mr && a->cs == 1) {                                                                    \
+                /* row-major A, full panel: read mr rows side by side so the packed panel is written in order */   \
+                const T *rows[16];                                                                                 \
+                for (int64_t r = 0; r < mr; r++) rows[r] = base + (i0 + ip + r) * a->rs + k0;                      \
+                for (int64_t p = 0; p < kc; p++)                                                                   \
+                    for (int64_t r = 0; r < mr; r++) d[p * mr + r] = rows[r][p];                                   \
             } else {                                                                                               \
                 for (int64_t r = 0; r < h; r++) {                                                                  \
                     const T *s = base + (i0 + ip + r) * a->rs + k0 * a->cs;                                        \
