@@ -1,0 +1,641 @@
+"""Modules with an explicit forward and backward, Caffe / Torch7 `nn` style.
+
+A model is a tree of modules. ``forward(x)`` computes the output and caches what backward needs;
+``backward(dy)`` takes the gradient of the loss with respect to that output, *accumulates* the gradients of the
+module's parameters into ``grads`` and returns the gradient with respect to the input. There is no tape and no
+graph: containers call their children in order (forward) and in reverse (backward).
+
+Every module holds
+  params    dict name -> ndarray, its own parameters (children hold theirs)
+  grads     dict with the same keys, same shapes
+  buffers   dict of non-trained state saved with the model (BatchNorm's running statistics)
+  children  dict name -> Module, in forward order
+  frozen    set of own parameter names that are neither given gradients nor updated
+and the flag ``need_input_grad``: when False, backward skips the input gradient and returns None (the first layer
+of a network never needs it during training).
+"""
+import numpy as np
+
+from . import functional as F
+
+
+class Module:
+    """Base class: holds parameters, gradients, buffers and children; subclasses write forward and backward."""
+
+    def __init__(self):
+        self.params = {}
+        self.grads = {}
+        self.buffers = {}
+        self.children = {}
+        self.frozen = set()
+        self.training = True
+        self.need_input_grad = True
+
+    # --------------------------------------------------------------- the two methods every layer writes
+    def forward(self, x):
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def backward(self, dy):
+        raise NotImplementedError(f"{type(self).__name__}.backward")
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def output_shape(self, input_shape):
+        """Shape of forward's output for an input of `input_shape`, computed without running anything (the
+        analyzer propagates shapes through a model with it). Shape-preserving layers keep this default."""
+        return tuple(input_shape)
+
+    # --------------------------------------------------------------- parameters
+    def add_param(self, name, value):
+        """Register a parameter (and its zeroed gradient)."""
+        self.params[name] = value
+        self.grads[name] = np.zeros_like(value)
+        return value
+
+    def add_child(self, name, module):
+        if not isinstance(module, Module):
+            raise TypeError(f"child {name!r} must be a fastconv.nn.Module, got {type(module).__name__}")
+        self.children[str(name)] = module
+        return module
+
+    def trainable(self, name):
+        """Whether own parameter `name` gets gradients."""
+        return name not in self.frozen
+
+    def named_modules(self, prefix=""):
+        """(dotted name, module) for this module and every descendant, in forward order."""
+        yield prefix, self
+        for name, child in self.children.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def named_parameters(self, include_frozen=True):
+        """(dotted name, param, grad, owning module, own name) for every parameter of the tree."""
+        for mname, m in self.named_modules():
+            for pname, p in m.params.items():
+                if include_frozen or m.trainable(pname):
+                    yield (f"{mname}.{pname}" if mname else pname), p, m.grads[pname], m, pname
+
+    def parameters(self):
+        """Trainable parameters as (dotted name, param, grad) triples."""
+        return [(n, p, g) for n, p, g, _, _ in self.named_parameters(include_frozen=False)]
+
+    def num_parameters(self, trainable_only=False):
+        return sum(p.size for _, p, _, _, _ in self.named_parameters(include_frozen=not trainable_only))
+
+    def zero_grad(self):
+        for _, m in self.named_modules():
+            for g in m.grads.values():
+                g[...] = 0
+
+    def freeze(self, names=None):
+        """Freeze this module's parameters (all of them, recursively, when `names` is None; else the own
+        parameters named). Frozen parameters get no gradient and no update."""
+        if names is None:
+            for _, m in self.named_modules():
+                m.frozen.update(m.params)
+        else:
+            for n in [names] if isinstance(names, str) else names:
+                if n not in self.params:
+                    raise KeyError(f"{type(self).__name__} has no parameter {n!r}; it has {sorted(self.params)}")
+                self.frozen.add(n)
+        return self
+
+    def unfreeze(self):
+        for _, m in self.named_modules():
+            m.frozen.clear()
+        return self
+
+    def has_trainable(self):
+        return any(True for _ in self.named_parameters(include_frozen=False))
+
+    def train(self, mode=True):
+        for _, m in self.named_modules():
+            m.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def astype(self, dtype):
+        """Convert every parameter, gradient and floating buffer to `dtype` (float32 or float64), in place."""
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"modules hold float32 or float64, not {dtype}")
+        for _, m in self.named_modules():
+            for k in m.params:
+                m.params[k] = m.params[k].astype(dtype)
+                m.grads[k] = m.grads[k].astype(dtype)
+            for k, b in m.buffers.items():
+                if b.dtype.kind == "f":
+                    m.buffers[k] = b.astype(dtype)
+        return self
+
+    # --------------------------------------------------------------- saving
+    def state_dict(self):
+        """Copies of every parameter and buffer, keyed by dotted name."""
+        state = {}
+        for mname, m in self.named_modules():
+            for k, v in list(m.params.items()) + list(m.buffers.items()):
+                state[f"{mname}.{k}" if mname else k] = np.array(v, copy=True)
+        return state
+
+    def load_state_dict(self, state, strict=True):
+        """Copy arrays from `state` into the parameters and buffers, checking names and shapes.
+
+        With strict=True a missing or unexpected key is a KeyError; a shape mismatch is always a ValueError.
+        Values are cast to each parameter's dtype.
+        """
+        targets = {}
+        for mname, m in self.named_modules():
+            for store in (m.params, m.buffers):
+                for k in store:
+                    targets[f"{mname}.{k}" if mname else k] = (store, k)
+        missing = sorted(set(targets) - set(state))
+        unexpected = sorted(set(state) - set(targets))
+        if strict and (missing or unexpected):
+            raise KeyError(f"state_dict mismatch: missing {missing[:10]}{'...' if len(missing) > 10 else ''}, "
+                           f"unexpected {unexpected[:10]}{'...' if len(unexpected) > 10 else ''}")
+        for name, (store, k) in targets.items():
+            if name not in state:
+                continue
+            value = np.asarray(state[name])
+            if value.shape != store[k].shape:
+                raise ValueError(f"{name}: checkpoint shape {value.shape} does not match the model's "
+                                 f"{store[k].shape}")
+            store[k][...] = value
+        return self
+
+    # --------------------------------------------------------------- printing
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        head = f"{type(self).__name__}({self.extra_repr()})"
+        if not self.children:
+            return head
+        lines = [f"{type(self).__name__}("]
+        for name, child in self.children.items():
+            body = repr(child).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {body}")
+        lines.append(")")
+        return "\n".join(lines)
+
+
+def _check_dtype(x, module):
+    """A float32 input into a float64 model (or the reverse) is a clear error, never a silent cast."""
+    for name, p in module.params.items():
+        if p.dtype != x.dtype:
+            raise TypeError(f"{type(module).__name__}: input dtype {x.dtype} differs from parameter {name!r} dtype "
+                            f"{p.dtype}; convert the model with .astype({x.dtype}) or the input")
+
+
+# ------------------------------------------------------------------------------------------------- layers
+
+class Conv2d(Module):
+    """2-D convolution. weight (out, in/groups, kh, kw), bias (out,). Initialized with He (Kaiming) normal
+    unless `rng` is None, in which case weights are zeros (fill them with fastconv.init)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, rng=None, dtype=np.float32):
+        super().__init__()
+        kh, kw = F._int_pair(kernel_size, "kernel_size", 1)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and "
+                             f"out_channels={out_channels}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
+        self.dilation, self.groups = dilation, groups
+        w = np.zeros((out_channels, in_channels // groups, kh, kw), dtype=dtype)
+        if rng is not None:
+            from .init import kaiming_normal
+            kaiming_normal(w, rng)
+        self.add_param("weight", w)
+        if bias:
+            self.add_param("bias", np.zeros(out_channels, dtype=dtype))
+
+    def forward(self, x):
+        _check_dtype(x, self)
+        self._x = x
+        return F.conv2d(x, self.params["weight"], self.params.get("bias"), self.stride, self.padding,
+                        self.dilation, self.groups)
+
+    def backward(self, dy):
+        has_bias = "bias" in self.params
+        dx, dw, db = F.conv2d_backward(dy, self._x, self.params["weight"], self.stride, self.padding,
+                                       self.dilation, self.groups, need_input_grad=self.need_input_grad,
+                                       need_weight_grad=self.trainable("weight"),
+                                       need_bias_grad=has_bias and self.trainable("bias"))
+        if dw is not None:
+            self.grads["weight"] += dw
+        if db is not None:
+            self.grads["bias"] += db
+        return dx
+
+    def output_shape(self, input_shape):
+        n, c, h, w = input_shape
+        if c != self.in_channels:
+            raise ValueError(f"Conv2d({self.in_channels}, ...) got {c} input channels (input {tuple(input_shape)})")
+        (sh, sw), (ph, pw), (dh, dw) = (F._int_pair(v, name, lo) for v, name, lo in (
+            (self.stride, "stride", 1), (self.padding, "padding", 0), (self.dilation, "dilation", 1)))
+        kh, kw = self.kernel_size
+        oh, ow = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        if oh < 1 or ow < 1:
+            raise ValueError(f"Conv2d kernel {self.kernel_size} does not fit input {tuple(input_shape)}")
+        return (n, self.out_channels, oh, ow)
+
+    def extra_repr(self):
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != 0:
+            s += f", padding={self.padding}"
+        if self.dilation != 1:
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if "bias" not in self.params:
+            s += ", bias=False"
+        return s
+
+
+class Linear(Module):
+    """Fully connected layer y = x W^T + b; weight (out, in), bias (out,)."""
+
+    def __init__(self, in_features, out_features, bias=True, rng=None, dtype=np.float32):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        w = np.zeros((out_features, in_features), dtype=dtype)
+        if rng is not None:
+            from .init import kaiming_normal
+            kaiming_normal(w, rng)
+        self.add_param("weight", w)
+        if bias:
+            self.add_param("bias", np.zeros(out_features, dtype=dtype))
+
+    def forward(self, x):
+        _check_dtype(x, self)
+        if x.ndim != 2:
+            raise ValueError(f"Linear expects (N, {self.in_features}) input, got shape {x.shape}; "
+                             f"put a Flatten before it")
+        self._x = x
+        return F.linear(x, self.params["weight"], self.params.get("bias"))
+
+    def backward(self, dy):
+        dx, dw, db = F.linear_backward(dy, self._x, self.params["weight"], need_input_grad=self.need_input_grad)
+        if self.trainable("weight"):
+            self.grads["weight"] += dw
+        if "bias" in self.params and self.trainable("bias"):
+            self.grads["bias"] += db
+        return dx
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 2 or input_shape[1] != self.in_features:
+            raise ValueError(f"Linear({self.in_features}, ...) got input {tuple(input_shape)}")
+        return (input_shape[0], self.out_features)
+
+    def extra_repr(self):
+        return f"{self.in_features}, {self.out_features}" + ("" if "bias" in self.params else ", bias=False")
+
+
+def _pool_output_shape(input_shape, kernel_size, stride, padding, ceil_mode):
+    """Pooling output size with PyTorch's rounding: with ceil_mode the last window must start inside the input
+    or its left padding."""
+    n, c, h, w = input_shape
+    kh, kw = F._int_pair(kernel_size, "kernel_size", 1)
+    sh, sw = F._int_pair(stride if stride is not None else kernel_size, "stride", 1)
+    ph, pw = F._int_pair(padding, "padding", 0)
+    out = []
+    for size, k, s, p in ((h, kh, sh, ph), (w, kw, sw, pw)):
+        span = size + 2 * p - k
+        o = (-(-span // s) if ceil_mode else span // s) + 1
+        if ceil_mode and (o - 1) * s >= size + p:
+            o -= 1
+        if o < 1:
+            raise ValueError(f"pooling window {(kh, kw)} does not fit input {tuple(input_shape)}")
+        out.append(o)
+    return (n, c, out[0], out[1])
+
+
+class MaxPool2d(Module):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding, self.ceil_mode = kernel_size, stride, padding, ceil_mode
+
+    def output_shape(self, input_shape):
+        return _pool_output_shape(input_shape, self.kernel_size, self.stride, self.padding, self.ceil_mode)
+
+    def forward(self, x):
+        y, self._argmax = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode)
+        self._shape = x.shape
+        return y
+
+    def backward(self, dy):
+        if not self.need_input_grad:
+            return None
+        return F.max_pool2d_backward(dy, self._argmax, self._shape)
+
+    def extra_repr(self):
+        return (f"kernel_size={self.kernel_size}, stride={self.stride or self.kernel_size}, "
+                f"padding={self.padding}" + (", ceil_mode=True" if self.ceil_mode else ""))
+
+
+class AvgPool2d(Module):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
+
+    def output_shape(self, input_shape):
+        return _pool_output_shape(input_shape, self.kernel_size, self.stride, self.padding, self.ceil_mode)
+
+    def forward(self, x):
+        self._shape = x.shape
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
+
+    def backward(self, dy):
+        if not self.need_input_grad:
+            return None
+        return F.avg_pool2d_backward(dy, self._shape, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                                     self.count_include_pad)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride or self.kernel_size}, padding={self.padding}"
+
+
+class GlobalAvgPool2d(Module):
+    """(N, C, H, W) -> (N, C, 1, 1) mean over the spatial positions."""
+
+    def output_shape(self, input_shape):
+        return (input_shape[0], input_shape[1], 1, 1)
+
+    def forward(self, x):
+        self._shape = x.shape
+        return F.global_avg_pool2d(x)
+
+    def backward(self, dy):
+        return F.global_avg_pool2d_backward(dy, self._shape) if self.need_input_grad else None
+
+
+class BatchNorm2d(Module):
+    """Batch normalization over (N, H, W) per channel (BatchNorm1d: over N for (N, C) input).
+
+    Training uses batch statistics and updates running_mean/running_var (momentum, unbiased variance, as
+    PyTorch); eval uses the running statistics."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32):
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.add_param("weight", np.ones(num_features, dtype=dtype))
+        self.add_param("bias", np.zeros(num_features, dtype=dtype))
+        self.buffers["running_mean"] = np.zeros(num_features, dtype=dtype)
+        self.buffers["running_var"] = np.ones(num_features, dtype=dtype)
+
+    def forward(self, x):
+        _check_dtype(x, self)
+        self._x = x
+        self._was_training = self.training
+        y, self._saved = F.batch_norm(x, self.params["weight"], self.params["bias"], self.buffers["running_mean"],
+                                      self.buffers["running_var"], training=self.training,
+                                      momentum=self.momentum, eps=self.eps)
+        return y
+
+    def backward(self, dy):
+        dx, dg, db = F.batch_norm_backward(dy, self._x, self.params["weight"], self._saved,
+                                           training=self._was_training)
+        if self.trainable("weight"):
+            self.grads["weight"] += dg
+        if self.trainable("bias"):
+            self.grads["bias"] += db
+        return dx if self.need_input_grad else None
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class BatchNorm1d(BatchNorm2d):
+    """BatchNorm for (N, C) input."""
+
+
+class LocalResponseNorm(Module):
+    """Cross-channel LRN (AlexNet), PyTorch's convention: x / (k + alpha/size * sum x^2)^beta."""
+
+    def __init__(self, size=5, alpha=1e-4, beta=0.75, k=2.0):
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    def forward(self, x):
+        self._x = x
+        self._y, self._scale = F.lrn(x, self.size, self.alpha, self.beta, self.k)
+        return self._y
+
+    def backward(self, dy):
+        if not self.need_input_grad:
+            return None
+        return F.lrn_backward(dy, self._x, self._y, self._scale, self.size, self.alpha, self.beta, self.k)
+
+    def extra_repr(self):
+        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+
+
+class ReLU(Module):
+    """max(x, 0). `rule` picks the backward: "plain", "guided" (guided backprop) or "deconvnet" (the
+    visualization rules of Springenberg et al. and Zeiler & Fergus)."""
+
+    def __init__(self, rule="plain"):
+        super().__init__()
+        self.rule = rule
+
+    def forward(self, x):
+        self._x = x
+        return F.relu(x)
+
+    def backward(self, dy):
+        return F.relu_backward(dy, self._x, rule=self.rule) if self.need_input_grad else None
+
+    def extra_repr(self):
+        return "" if self.rule == "plain" else f"rule={self.rule!r}"
+
+
+class Dropout(Module):
+    """Inverted dropout: in training each unit is zeroed with probability p (the DROP probability, as
+    PyTorch) and the survivors scaled by 1/(1-p); identity in eval. `rng`: a numpy Generator or a seed."""
+
+    def __init__(self, p=0.5, rng=None):
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout probability p must be in [0, 1), got {p}")
+        self.p = p
+        self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+    def forward(self, x):
+        y, self._mask = F.dropout(x, self.p, self.rng, training=self.training)
+        return y
+
+    def backward(self, dy):
+        if not self.need_input_grad:
+            return None
+        return dy if self._mask is None else F.dropout_backward(dy, self._mask, self.p)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class Flatten(Module):
+    """(N, ...) -> (N, prod(...))."""
+
+    def output_shape(self, input_shape):
+        return (input_shape[0], int(np.prod(input_shape[1:])))
+
+    def forward(self, x):
+        self._shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        return dy.reshape(self._shape) if self.need_input_grad else None
+
+
+class Softmax(Module):
+    """Softmax over axis 1 (class probabilities); backward is the softmax Jacobian-vector product."""
+
+    def forward(self, x):
+        self._y = F.softmax(x, axis=1)
+        return self._y
+
+    def backward(self, dy):
+        if not self.need_input_grad:
+            return None
+        y = self._y
+        return y * (dy - (dy * y).sum(axis=1, keepdims=True))
+
+
+# ------------------------------------------------------------------------------------------------- containers
+
+class Sequential(Module):
+    """Children run one after the other. Backward stops early once everything before a layer is frozen and
+    the input gradient is not needed (a frozen feature extractor costs no backward at all)."""
+
+    def __init__(self, *layers, **named_layers):
+        super().__init__()
+        for i, layer in enumerate(layers):
+            self.add_child(str(i), layer)
+        for name, layer in named_layers.items():
+            self.add_child(name, layer)
+
+    def forward(self, x):
+        for layer in self.children.values():
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dy):
+        layers = list(self.children.values())
+        # the input gradient of layer i is needed if anything before it trains, or this container's input
+        # gradient is needed
+        needed = self.need_input_grad
+        needs = []
+        for layer in layers:
+            needs.append(needed)
+            needed = needed or layer.has_trainable()
+        for layer, need in zip(reversed(layers), reversed(needs)):
+            if not need and not layer.has_trainable():
+                return None
+            layer.need_input_grad = need
+            dy = layer.backward(dy)
+        return dy
+
+    def output_shape(self, input_shape):
+        for layer in self.children.values():
+            input_shape = layer.output_shape(input_shape)
+        return tuple(input_shape)
+
+    def __getitem__(self, key):
+        if isinstance(key, int):
+            return list(self.children.values())[key]
+        return self.children[key]
+
+    def __len__(self):
+        return len(self.children)
+
+
+class Concat(Module):
+    """Inception block: every branch sees the same input; outputs are joined along channels (axis 1)."""
+
+    def __init__(self, *branches, **named_branches):
+        super().__init__()
+        for i, b in enumerate(branches):
+            self.add_child(str(i), b)
+        for name, b in named_branches.items():
+            self.add_child(name, b)
+
+    def output_shape(self, input_shape):
+        shapes = [b.output_shape(input_shape) for b in self.children.values()]
+        if any(s[0] != shapes[0][0] or s[2:] != shapes[0][2:] for s in shapes):
+            raise ValueError(f"Concat branches disagree outside the channel axis: {shapes}")
+        return (shapes[0][0], sum(s[1] for s in shapes)) + tuple(shapes[0][2:])
+
+    def forward(self, x):
+        outs = [b.forward(x) for b in self.children.values()]
+        self._sizes = [o.shape[1] for o in outs]
+        return np.concatenate(outs, axis=1)
+
+    def backward(self, dy):
+        dx = None
+        start = 0
+        for b, size in zip(self.children.values(), self._sizes):
+            b.need_input_grad = self.need_input_grad
+            g = b.backward(np.ascontiguousarray(dy[:, start:start + size]))
+            start += size
+            if g is not None:
+                dx = g if dx is None else dx + g
+        return dx
+
+
+class Residual(Module):
+    """y = body(x) + shortcut(x), the shortcut being the identity when None or a projection module (ResNet puts
+    the block's final ReLU as a separate layer after the Residual)."""
+
+    def __init__(self, body, shortcut=None):
+        super().__init__()
+        self.add_child("body", body)
+        if shortcut is not None:
+            self.add_child("shortcut", shortcut)
+
+    def output_shape(self, input_shape):
+        return self.children["body"].output_shape(input_shape)
+
+    def forward(self, x):
+        y = self.children["body"].forward(x)
+        s = self.children["shortcut"].forward(x) if "shortcut" in self.children else x
+        if y.shape != s.shape:
+            raise ValueError(f"Residual: body output {y.shape} and shortcut {s.shape} differ; give a projection "
+                             f"shortcut")
+        return y + s
+
+    def backward(self, dy):
+        body = self.children["body"]
+        body.need_input_grad = self.need_input_grad
+        dx = body.backward(dy)
+        if "shortcut" in self.children:
+            sc = self.children["shortcut"]
+            sc.need_input_grad = self.need_input_grad
+            ds = sc.backward(dy)
+        else:
+            ds = dy if self.need_input_grad else None
+        if dx is None:
+            return ds
+        return dx if ds is None else dx + ds
+
+
+# ------------------------------------------------------------------------------------------------- loss
+
+class CrossEntropyLoss:
+    """Mean softmax cross-entropy over the batch with integer labels: ``loss = forward(logits, labels)``,
+    then ``dlogits = backward()``."""
+
+    def forward(self, logits, labels):
+        self._labels = labels
+        loss, self._probs = F.softmax_cross_entropy(logits, labels)
+        return loss
+
+    __call__ = forward
+
+    def backward(self, dloss=1.0):
+        return F.softmax_cross_entropy_backward(self._probs, self._labels, dloss)
