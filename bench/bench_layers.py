@@ -20,11 +20,10 @@ import json
 import sys
 from dataclasses import dataclass
 
-from _common import (Timing, all_threads, environment, fmt, machine_peak, markdown_table, measure, np,  # noqa: F401
-                     peak_for, print_environment, ratio, torch)
+from _common import (all_threads, environment, fmt, machine_peak, markdown_table, measure, np, peak_for,
+                     print_environment, ratio, torch)
 
-import fastconv
-import fastconv.functional as fc
+import fastconv.functional as fc  # noqa: E402  (_common chose which fastconv is imported)
 
 if torch is not None:
     import torch.nn.functional as tF
