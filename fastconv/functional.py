@@ -9,6 +9,7 @@ import numpy as np
 from . import _C
 
 _FLOATS = (np.float32, np.float64)
+_INDEX_MAX = 2**62  # geometry beyond this cannot describe a real tensor and would overflow C's int64 sums
 
 
 def _as_float_array(x, name):
@@ -91,6 +92,8 @@ def _int_pair(value, name, minimum):
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
     if min(pair) < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    if max(pair) > _INDEX_MAX:
+        raise ValueError(f"{name} must be <= {_INDEX_MAX} (sizes are 64-bit in the C engine), got {value!r}")
     return pair
 
 

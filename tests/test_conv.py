@@ -494,10 +494,6 @@ def test_bad_input_raises(call, error, message):
         call()
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason=(
-    "a stride or dilation beyond int64 passes functional._conv_args (it only computes the output size, 1 here) "
-    "and reaches the Cython binding, which raises OverflowError 'Python int too large to convert to C long' "
-    "instead of a ValueError naming the argument"))
 @pytest.mark.parametrize("geometry", [dict(stride=2 ** 63), dict(stride=(1, 2 ** 64)), dict(dilation=2 ** 63)],
                          ids=["stride", "stride_pair", "dilation_1x1"])
 def test_geometry_beyond_int64_raises_value_error(geometry):
