@@ -188,8 +188,9 @@ def batch_norm(x, gamma, beta, running_mean=None, running_var=None, training=Tru
         if running_var is not None:
             running_var = _running_stat(running_var, "running_var", x.dtype, c, x.shape)
         targets = (running_mean, running_var)
-        # The kernel updates contiguous vectors; a strided view is updated through a copy.
-        stats = tuple(None if r is None else r if r.flags.c_contiguous else np.ascontiguousarray(r) for r in targets)
+        # The kernel updates contiguous aligned vectors; any other view is updated through a copy.
+        stats = tuple(None if r is None else r if r.flags.c_contiguous and r.flags.aligned else np.array(r)
+                      for r in targets)
     else:
         if running_mean is None or running_var is None:
             raise ValueError("batch_norm in inference (training=False) needs running_mean and running_var")
