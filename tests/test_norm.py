@@ -385,3 +385,19 @@ def test_lrn_bad_inputs():
         F.lrn_backward(x, x, x, np.zeros((2, 3, 4), np.float32))
     with pytest.raises(TypeError, match="y has dtype float64 but x has float32"):
         F.lrn_backward(x, x, x.astype(np.float64), x)
+
+
+def test_batch_norm_first_sample_far_from_batch_mean(nthreads, dtype, rng):
+    """Statistics are shifted by the first sample's mean; a first sample far from the batch mean must not cost
+    precision (the kernel re-centres), and a channel whose first sample is typical must not either."""
+    x = rng.standard_normal((8, 3, 6, 6))
+    x[0, 0] += 1000.0   # sample 0 of channel 0 far off: re-centred pass
+    x[:, 1] *= 1e-3     # tiny spread
+    x[:, 2] += 5e3      # large common offset
+    x = x.astype(dtype)
+    y, (mean, invstd) = F.batch_norm(x, None, None, eps=1e-9)
+    ry, rmean, _, rinvstd = ref_bn_train(x, np.ones(3), np.zeros(3), 1e-9)
+    rtol = 2e-6 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(invstd, rinvstd, rtol=rtol)
+    np.testing.assert_allclose(mean, rmean, rtol=rtol)
+    np.testing.assert_allclose(y, ry, rtol=0, atol=1e-4 if dtype == np.float32 else 1e-10)

@@ -9,10 +9,11 @@
  *   running_var  = (1 - momentum) * running_var  + momentum * var_c * m / (m - 1)     (unbiased, as torch)
  * Inference uses the running statistics instead, and still writes the mean and invstd it used.
  *
- * Statistics are accumulated in double (float partial sums over short runs, flushed into double) in two passes:
- * the second pass is centred on the first pass's mean, so a channel mean far larger than its spread does not
- * lose the variance to cancellation. Channels run in parallel; each channel's sums are accumulated by one thread
- * in a fixed order, so results do not depend on the thread count. */
+ * Statistics are accumulated in double (partial sums of T over short runs, flushed into double) around a shift
+ * close to the mean, with a second pass centred on the mean whenever the first would lose more than one bit to
+ * cancellation, so a channel mean far larger than its spread does not lose the variance (see batchnorm.inc).
+ * Channels run in parallel; each channel's sums are accumulated by one thread in a fixed order, so results do not
+ * depend on the thread count. */
 #ifndef FASTCONV_BATCHNORM_H
 #define FASTCONV_BATCHNORM_H
 
