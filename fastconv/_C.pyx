@@ -81,3 +81,5 @@ def cpu_count():
 
 # ---------------------------------------------------------------- kernel families
 include "_C_gemm.pxi"
+include "_C_pool.pxi"
+include "_C_activation.pxi"
