@@ -162,6 +162,10 @@ def main(argv=None):
           ("; float64 % peak uses half of it" if dtype == np.float64 else ""))
     for warning in environment_warnings():
         print(warning)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > 0.5:
+        print(f"NOTE: load average {load:.1f} on {fastconv._C.cpu_count()} CPUs before the run: other jobs compete "
+              f"for the cores, multi-threaded figures above all")
     print()
 
     rng = np.random.default_rng(0)
