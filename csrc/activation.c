@@ -5,6 +5,9 @@
 #include "fastconv/activation.h"
 #include "fastconv/threads.h"
 
+/* Marks a variable that only OpenMP pragmas read (unused in a serial build). */
+#define FC_OMP_ONLY __attribute__((unused))
+
 /* Below ~256K values a thread team costs more than it saves on a streaming loop. */
 static int team_size(const fc_context *ctx, int64_t n) {
     int t = ctx->num_threads < 1 ? 1 : ctx->num_threads;
@@ -17,23 +20,23 @@ static int team_size(const fc_context *ctx, int64_t n) {
  * false for NaN (the gradient passes). */
 #define FC_DEFINE_ACTIVATIONS(T, PFX)                                                                            \
     int fc_##PFX##relu_forward(const fc_context *ctx, const T *x, T *y, int64_t n) {                            \
-        const int t = team_size(ctx, n);                                                                       \
-        _Pragma("omp parallel for simd num_threads(t) if (t > 1) schedule(static)")                           \
+        const int t FC_OMP_ONLY = team_size(ctx, n);                                                           \
+        _Pragma("omp parallel for simd num_threads(t) if (parallel : t > 1) schedule(static)")                           \
         for (int64_t i = 0; i < n; i++) y[i] = x[i] < (T)0 ? (T)0 : x[i];                                      \
         return FC_OK;                                                                                          \
     }                                                                                                          \
                                                                                                                \
     int fc_##PFX##relu_backward(const fc_context *ctx, const T *FC_RESTRICT dy, const T *FC_RESTRICT x,         \
                                T *FC_RESTRICT dx, int64_t n, int rule) {                                       \
-        const int t = team_size(ctx, n);                                                                       \
+        const int t FC_OMP_ONLY = team_size(ctx, n);                                                           \
         if (rule == FC_RELU_PLAIN) {                                                                           \
-            _Pragma("omp parallel for simd num_threads(t) if (t > 1) schedule(static)")                       \
+            _Pragma("omp parallel for simd num_threads(t) if (parallel : t > 1) schedule(static)")                       \
             for (int64_t i = 0; i < n; i++) dx[i] = x[i] <= (T)0 ? (T)0 : dy[i];                               \
         } else if (rule == FC_RELU_GUIDED) {                                                                   \
-            _Pragma("omp parallel for simd num_threads(t) if (t > 1) schedule(static)")                       \
+            _Pragma("omp parallel for simd num_threads(t) if (parallel : t > 1) schedule(static)")                       \
             for (int64_t i = 0; i < n; i++) dx[i] = (x[i] <= (T)0) | (dy[i] <= (T)0) ? (T)0 : dy[i];           \
         } else if (rule == FC_RELU_DECONVNET) {                                                                \
-            _Pragma("omp parallel for simd num_threads(t) if (t > 1) schedule(static)")                       \
+            _Pragma("omp parallel for simd num_threads(t) if (parallel : t > 1) schedule(static)")                       \
             for (int64_t i = 0; i < n; i++) dx[i] = dy[i] <= (T)0 ? (T)0 : dy[i];                              \
         } else {                                                                                               \
             return FC_ERR_ARG;                                                                                 \
@@ -43,8 +46,8 @@ static int team_size(const fc_context *ctx, int64_t n) {
                                                                                                                \
     int fc_##PFX##dropout_apply(const fc_context *ctx, const T *FC_RESTRICT x, const uint8_t *FC_RESTRICT mask, \
                                T *FC_RESTRICT y, int64_t n, T scale) {                                         \
-        const int t = team_size(ctx, n);                                                                       \
-        _Pragma("omp parallel for simd num_threads(t) if (t > 1) schedule(static)")                           \
+        const int t FC_OMP_ONLY = team_size(ctx, n);                                                           \
+        _Pragma("omp parallel for simd num_threads(t) if (parallel : t > 1) schedule(static)")                           \
         for (int64_t i = 0; i < n; i++) y[i] = x[i] * ((T)mask[i] * scale);                                    \
         return FC_OK;                                                                                          \
     }
