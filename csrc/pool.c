@@ -26,6 +26,7 @@ int fc_pool2d_check(const fc_pool2d_desc *d) {
         fc_pool2d_output_size(d->in_w, d->kernel_w, d->stride_w, d->pad_w, d->ceil_mode, &ow))
         return FC_ERR_ARG;
     if (oh != d->out_h || ow != d->out_w) return FC_ERR_ARG;
+    if (fc_mul_overflow(d->kernel_h, d->kernel_w, &size)) return FC_ERR_OVERFLOW; /* average pooling's divisor */
     if (fc_mul_overflow(d->batch, d->channels, &size) || fc_mul_overflow(size, d->in_h, &size) ||
         fc_mul_overflow(size, d->in_w, &size))
         return FC_ERR_OVERFLOW;
@@ -63,6 +64,10 @@ static int team_size(const fc_context *ctx, int64_t planes, int64_t elements) {
     if (t > 1) fc_note_parallel_region();
     return t;
 }
+
+/* Whether the window offsets i * W + j (i < kernel_h) are exact in float, as the vectorized max pooling keeps
+ * them: kernel_h * W < 2^24, tested without overflowing. */
+static int window_offsets_exact(int64_t kernel_h, int64_t W) { return kernel_h < ((int64_t)1 << 24) / W; }
 
 /* Output columns [lo, hi) whose windows lie entirely inside the input along one axis:
  * o * stride - pad >= 0 and o * stride - pad + kernel <= in. */
