@@ -13,6 +13,8 @@ and every dropout stream of the model is drawn from it, in layer order), dtype (
 A model is a tree of fastconv.nn modules (mostly Sequential, with Concat for inception and Residual for
 ResNet), outputs logits (AlphaGo's policy: probabilities unless softmax=False), and is in training mode.
 """
+import inspect
+
 from .alexnet import alexnet, zfnet
 from .alphago import PositionBias, alphago_policy
 from .googlenet import GoogLeNet, SideBranch, googlenet, inception
@@ -39,7 +41,12 @@ def get_model(name, **options):
     builders = {k.replace("_", "-"): b for k, b in MODELS.items()}
     if key not in builders:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
-    return builders[key](**options)
+    builder = builders[key]
+    accepted = inspect.signature(builder).parameters  # aliases expose their generic builder's via __wrapped__
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise TypeError(f"model {name!r} does not take option(s) {unknown}; it takes {list(accepted)}")
+    return builder(**options)
 
 
 __all__ = ["MODELS", "get_model", "lenet5", "alexnet", "zfnet", "vgg", "vgg11", "vgg13", "vgg16", "vgg19",

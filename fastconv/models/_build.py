@@ -73,8 +73,9 @@ def init_weights(model, rng, scheme, std=0.01):
     return model
 
 
-def finish(model, input_shape, init_scheme):
-    """Record the default (C, H, W) input on the model and check that the architecture fits it."""
+def finish(model, name, input_shape, init_scheme):
+    """Record the model's name and default (C, H, W) input on it and check that the architecture fits it."""
+    model.name = name
     model.input_shape = tuple(input_shape)
     model.init_scheme = init_scheme
     model.output_shape((1,) + model.input_shape)  # raises a ValueError naming the layer that does not fit

@@ -64,7 +64,7 @@ def alexnet(num_classes=1000, in_channels=3, input_size=227, groups=1, dropout_p
             dict(model.named_modules())[name].params["bias"][...] = 1
     else:
         init_weights(model, rng, init)
-    return finish(model, input_shape, init)
+    return finish(model, "alexnet" if groups == 1 else "alexnet-2tower", input_shape, init)
 
 
 def zfnet(num_classes=1000, in_channels=3, input_size=224, dropout_p=0.5, init="paper", seed=0, rng=None,
@@ -94,4 +94,4 @@ def zfnet(num_classes=1000, in_channels=3, input_size=224, dropout_p=0.5, init="
     )
     model, input_shape = _assemble(features, in_channels, input_size, num_classes, dropout_p, rng, dtype)
     init_weights(model, rng, "gaussian" if init == "paper" else init, std=0.01)
-    return finish(model, input_shape, init)
+    return finish(model, "zfnet", input_shape, init)

@@ -68,4 +68,4 @@ def alphago_policy(k=192, in_channels=48, board_size=19, layers=13, softmax=True
         body["softmax"] = nn.Softmax()
     model = nn.Sequential(**body)
     init_weights(model, rng, init)
-    return finish(model, (in_channels, board_size, board_size), init)
+    return finish(model, "alphago_policy", (in_channels, board_size, board_size), init)

@@ -139,4 +139,4 @@ def googlenet(num_classes=1000, in_channels=3, input_size=224, aux_logits=False,
                   dropout=dropout(dropout_p, rng), fc=nn.Linear(channels, num_classes, **kw))
     model = GoogLeNet(**layers)
     init_weights(model, rng, init)
-    return finish(model, (in_channels, h, w), init)
+    return finish(model, "googlenet", (in_channels, h, w), init)

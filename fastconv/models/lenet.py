@@ -35,4 +35,4 @@ def lenet5(num_classes=10, in_channels=1, input_size=32, init="he", seed=0, rng=
     )
     model = nn.Sequential(features=features, classifier=classifier)
     init_weights(model, rng, init)
-    return finish(model, (in_channels, h, w), init)
+    return finish(model, "lenet5", (in_channels, h, w), init)

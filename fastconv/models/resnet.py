@@ -85,12 +85,13 @@ def resnet(depth=50, num_classes=1000, in_channels=3, input_size=224, stride_in_
     model.depth = depth
     init_weights(model, rng, init)
     h, w = image_size(input_size)
-    return finish(model, (in_channels, h, w), init)
+    return finish(model, f"resnet{depth}", (in_channels, h, w), init)
 
 
 def _depth(depth):
     def build(**options):
         return resnet(depth, **options)
+    build.__wrapped__ = resnet  # inspect.signature shows the generic builder's options
     build.__name__ = f"resnet{depth}"
     build.__doc__ = f"ResNet-{depth} (see fastconv.models.resnet.resnet)."
     return build

@@ -61,12 +61,13 @@ def vgg(config="D", num_classes=1000, in_channels=3, input_size=224, dropout_p=0
     model = nn.Sequential(features=features, classifier=classifier)
     model.config = key
     init_weights(model, rng, init)
-    return finish(model, (in_channels, h, w), init)
+    return finish(model, f"vgg-{key.lower()}", (in_channels, h, w), init)
 
 
 def _alias(config):
     def build(**options):
         return vgg(config, **options)
+    build.__wrapped__ = vgg  # inspect.signature shows the generic builder's options
     build.__name__ = f"vgg_{config.lower().replace('-', '_')}"
     build.__doc__ = f"VGG configuration {config} (see fastconv.models.vgg.vgg)."
     return build
