@@ -39,7 +39,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import nn
+from . import _C, nn
+from ._runtime import get_num_threads
+from .models.alphago import PositionBias
+from .models.googlenet import SideBranch
 
 OPS = ("macs", "comparisons", "adds", "divisions", "exponentials")
 
@@ -134,20 +137,18 @@ def _position_bias(m, ins, outs, itemsize):
     return dict(adds=_numel(outs))
 
 
-def _rules():
-    from .models.alphago import PositionBias
-    return {
-        nn.Conv2d: _conv, nn.Linear: _linear, nn.MaxPool2d: _max_pool, nn.AvgPool2d: _avg_pool,
-        nn.GlobalAvgPool2d: _global_avg_pool, nn.BatchNorm2d: _batch_norm, nn.LocalResponseNorm: _lrn,
-        nn.ReLU: _relu, nn.Dropout: _dropout, nn.Flatten: _flatten, nn.Softmax: _softmax,
-        PositionBias: _position_bias,
-    }
+RULES = {
+    nn.Conv2d: _conv, nn.Linear: _linear, nn.MaxPool2d: _max_pool, nn.AvgPool2d: _avg_pool,
+    nn.GlobalAvgPool2d: _global_avg_pool, nn.BatchNorm2d: _batch_norm, nn.LocalResponseNorm: _lrn,
+    nn.ReLU: _relu, nn.Dropout: _dropout, nn.Flatten: _flatten, nn.Softmax: _softmax,
+    PositionBias: _position_bias,
+}
 
 
-def _rule_for(module, rules):
-    for cls in type(module).__mro__:
-        if cls in rules:
-            return rules[cls]
+def _rule_for(module):
+    for cls in type(module).__mro__:  # BatchNorm1d finds BatchNorm2d's rule
+        if cls in RULES:
+            return RULES[cls]
     return None
 
 
@@ -161,7 +162,6 @@ class _Walk:
         self.itemsize, self.threads = itemsize, threads
         self.rows, self.uncounted = [], set()
         self.array_bytes, self.kept = [], set()
-        self.rules = _rules()
 
     def new_array(self, shape):
         self.array_bytes.append(_numel(shape) * self.itemsize)
@@ -184,7 +184,6 @@ class _Walk:
 
     def walk(self, module, name, shape, array):
         """Returns (output shape, output array id)."""
-        from .models.googlenet import SideBranch
         join = (lambda child: f"{name}.{child}" if name else child)
         if isinstance(module, nn.Sequential):
             for cname, child in module.children.items():
@@ -220,7 +219,7 @@ class _Walk:
         return self.leaf(module, name, tuple(shape), out, array)
 
     def leaf(self, module, name, shape, out, array):
-        rule = _rule_for(module, self.rules)
+        rule = _rule_for(module)
         if rule is None:
             self.uncounted.add(type(module).__name__)
             counts = dict(keeps=("input",))
@@ -234,7 +233,6 @@ class _Walk:
         row.kept_bytes = counts.get("extra", 0) + (self.keep(array) if "input" in keeps else 0) + \
             (self.keep(out_array) if "output" in keeps else 0)
         if isinstance(module, nn.Conv2d):
-            from . import _C
             w = module.params["weight"]
             row.workspace_bytes = int(_C.conv2d_workspace_bytes(
                 shape, w.shape, _pair(module.stride), _pair(module.padding), _pair(module.dilation),
@@ -399,7 +397,6 @@ def summary(model, input_shape=None, batch=1, dtype=None, threads=None):
     sets the byte sizes; `threads` (default: fastconv's current thread count) scales the conv workspace.
     What is counted is stated in this module's docstring and printed under the table. Returns a Summary.
     """
-    from ._runtime import get_num_threads
     if input_shape is None:
         input_shape = getattr(model, "input_shape", None)
         if input_shape is None:
