@@ -69,13 +69,17 @@ class BuildExt(build_ext):
                 for name, (src, flags) in ISA_SOURCES.items():
                     macros = [("FC_BUILD_" + name, "1")]
                     objs = compiler.compile([src], output_dir=self.build_temp, include_dirs=ext.include_dirs,
-                                            extra_postargs=BASE_CFLAGS + ["-fPIC"] + flags)
+                                            extra_postargs=BASE_CFLAGS + ["-fPIC"] + flags,
+                                            depends=ext.depends)
                     ext.extra_objects += objs
                     ext.define_macros += macros
         super().build_extensions()
 
 
 c_sources = sorted(glob(os.path.join(CSRC, "*.c")))
+# Templates and headers: a change to any of them rebuilds the C files (setuptools only watches .c timestamps).
+c_depends = sorted(glob(os.path.join(CSRC, "*.inc")) + glob(os.path.join(CSRC, "include", "fastconv", "*.h")) +
+                   glob(os.path.join(CSRC, "arch", "*.h")))
 ext = Extension(
     "fastconv._C",
     sources=[os.path.join("fastconv", "_C.pyx")] + c_sources,
@@ -83,6 +87,7 @@ ext = Extension(
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     extra_compile_args=[],
     extra_link_args=[],
+    depends=c_depends,
 )
 
 setup(

@@ -82,3 +82,5 @@ def cpu_count():
 # ---------------------------------------------------------------- kernel families
 include "_C_gemm.pxi"
 include "_C_conv.pxi"
+include "_C_norm.pxi"
+include "_C_loss.pxi"

@@ -1,0 +1,551 @@
+"""conv2d and conv2d_backward against independent references.
+
+Oracles: fastconv.testing's NumPy references (window views + einsum, computed in float64), float64 central
+finite differences, and torch.nn.functional.conv2d + autograd when torch is installed. Results are compared
+entry by entry against a rounding-error bound: a sum of K products computed in floating point (any order, with
+or without FMA) is within K * eps/2 * sum|products| of the exact value, and the float64 reference is within the
+same bound, so ``|ours - ref| <= (K + 2) * eps * bound`` where `bound` is the same operation applied to the
+absolute values of the operands. Entries whose bound is 0 (input pixels no window reads) must be exactly 0.
+
+The C engine has three ways to run a convolution, and the explicit cases below reach each of them:
+  - large images (oh*ow >= 2048): one GEMM per image, batch-parallel when n >= threads, else GEMM-parallel;
+  - small images: several images side by side in one GEMM (their count capped by a staging buffer);
+  - pointwise (1x1, stride 1, no padding): the image is its own column matrix;
+and the input gradient is computed one tile of 2**20 // (C/groups*kh*kw) columns (at least 16) at a time.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastconv
+from fastconv import _C
+from fastconv.functional import conv2d, conv2d_backward
+from fastconv.testing import conv2d_backward_ref, conv2d_ref, max_relative_error, numerical_gradient
+
+DTYPES = [np.float32, np.float64]
+MIN_COLS = 2048          # FC_CONV_MIN_COLS: images with fewer output pixels are batched into one GEMM
+TILE_ELEMS = 2 ** 20     # FC_CONV_TILE_ELEMS: kdim x columns of one input-gradient tile
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+def make_problem(rng, x_shape, w_shape, dtype, bias=True):
+    """x, weight, bias (or None) with standard normal entries of `dtype`."""
+    x = rng.standard_normal(x_shape).astype(dtype)
+    weight = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype) if bias else None
+    return x, weight, b
+
+
+def assert_within_rounding(actual, expected, bound, terms, dtype, what):
+    """|actual - expected| <= (terms + 2) * eps * bound, entry by entry (see the module docstring)."""
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape}, expected {expected.shape}"
+    assert actual.dtype == dtype, f"{what}: dtype {actual.dtype}, expected {np.dtype(dtype)}"
+    err = np.abs(actual.astype(np.float64) - expected)
+    tol = (terms + 2) * np.finfo(dtype).eps * bound
+    bad = ~(err <= tol)  # NaN counts as bad
+    if bad.any():
+        worst = np.unravel_index(np.argmax(np.where(bad, err - tol, -np.inf)), err.shape)
+        raise AssertionError(f"{what}: {int(bad.sum())} of {err.size} entries outside the rounding bound; at "
+                             f"{tuple(int(i) for i in worst)} got {actual[worst]!r}, expected {expected[worst]!r} "
+                             f"(tolerance {tol[worst]:.3g})")
+
+
+def check_conv(x, weight, b, dtype, geometry, rng):
+    """Forward and all three gradients of fastconv against the float64 reference, within rounding bounds."""
+    stride, padding, dilation, groups = (geometry.get(k, d) for k, d in
+                                         (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1)))
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    x64, w64 = x.astype(np.float64), weight.astype(np.float64)
+    b64 = None if b is None else b.astype(np.float64)
+    f, cg, kh, kw = weight.shape
+    originals = [None if a is None else a.copy() for a in (x, weight, b)]
+    y = conv2d(x, weight, b, **kwargs)
+    y_ref = conv2d_ref(x64, w64, b64, **kwargs)
+    y_bound = conv2d_ref(np.abs(x64), np.abs(w64), None if b is None else np.abs(b64), **kwargs)
+    assert_within_rounding(y, y_ref, y_bound, cg * kh * kw, dtype, "y")
+
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dy64 = dy.astype(np.float64)
+    originals.append(dy.copy())
+    dx, dw, db = conv2d_backward(dy, x, weight, **kwargs)
+    dx_ref, dw_ref, db_ref = conv2d_backward_ref(dy64, x64, w64, **kwargs)
+    dx_bound, dw_bound, db_bound = conv2d_backward_ref(np.abs(dy64), np.abs(x64), np.abs(w64), **kwargs)
+    n, _, oh, ow = y.shape
+    assert_within_rounding(dx, dx_ref, dx_bound, f // groups * kh * kw, dtype, "dx")
+    assert_within_rounding(dw, dw_ref, dw_bound, n * oh * ow, dtype, "dw")
+    assert_within_rounding(db, db_ref, db_bound, n * oh * ow, dtype, "db")
+    for what, out in (("y", y), ("dx", dx), ("dw", dw), ("db", db)):
+        assert out.flags.c_contiguous and out.flags.owndata, f"{what} is not a new C-contiguous array"
+    for what, before, after in zip(("x", "weight", "bias", "dy"), originals, (x, weight, b, dy)):
+        assert before is None or np.array_equal(before, after), f"{what} was modified"
+
+
+def run_case(x_shape, w_shape, geometry, seed=0):
+    """check_conv for float32 and float64 (with bias)."""
+    for dtype in DTYPES:
+        rng = np.random.default_rng(seed)
+        x, weight, b = make_problem(rng, x_shape, w_shape, dtype)
+        check_conv(x, weight, b, dtype, geometry, rng)
+
+
+def output_pixels(x_shape, w_shape, stride=1, padding=0, dilation=1, **_):
+    pair = lambda v: (v, v) if isinstance(v, int) else v  # noqa: E731
+    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
+    oh = (x_shape[2] + 2 * ph - dh * (w_shape[2] - 1) - 1) // sh + 1
+    ow = (x_shape[3] + 2 * pw - dw * (w_shape[3] - 1) - 1) // sw + 1
+    return oh * ow
+
+
+# ---------------------------------------------------------------------------------------------------- 1. property
+
+@st.composite
+def conv_problems(draw):
+    groups = draw(st.integers(1, 3))
+    cg, fg = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    n = draw(st.integers(0, 3))
+    kh, kw = draw(st.integers(1, 7)), draw(st.integers(1, 7))
+    stride = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    padding = draw(st.integers(0, 3)), draw(st.integers(0, 3))
+    dilation = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    # smallest input the (dilated) kernel fits in once padded, up to 9 more
+    h_min = max(1, dilation[0] * (kh - 1) + 1 - 2 * padding[0])
+    w_min = max(1, dilation[1] * (kw - 1) + 1 - 2 * padding[1])
+    h, w = draw(st.integers(h_min, h_min + 9)), draw(st.integers(w_min, w_min + 9))
+
+    def as_arg(pair):  # an int when both sides agree, sometimes
+        return pair[0] if pair[0] == pair[1] and draw(st.booleans()) else pair
+    geometry = dict(stride=as_arg(stride), padding=as_arg(padding), dilation=as_arg(dilation), groups=groups)
+    return dict(x_shape=(n, groups * cg, h, w), w_shape=(groups * fg, cg, kh, kw), geometry=geometry,
+                dtype=draw(st.sampled_from(DTYPES)), bias=draw(st.booleans()), seed=draw(st.integers(0, 2 ** 32 - 1)))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(problem=conv_problems())
+def test_conv_matches_reference_property(arch, nthreads, problem):
+    rng = np.random.default_rng(problem["seed"])
+    x, weight, b = make_problem(rng, problem["x_shape"], problem["w_shape"], problem["dtype"], problem["bias"])
+    check_conv(x, weight, b, problem["dtype"], problem["geometry"], rng)
+
+
+# ---------------------------------------------------------------------------------------------------- 2. modes
+
+# (x shape, weight shape, geometry): each reaches a mode or a tiling boundary the property test rarely does.
+MODE_CASES = {
+    # large images, one GEMM each: n=1 < 2 threads (GEMM-parallel), n=3 >= threads (batch-parallel)
+    "large_n1": ((1, 2, 48, 48), (3, 2, 3, 3), dict(padding=1)),
+    "large_n3": ((3, 2, 46, 46), (3, 2, 3, 3), dict(padding=1)),
+    "large_n2_groups_stride_dilation": ((2, 4, 100, 100), (4, 2, 3, 3),
+                                        dict(stride=2, padding=2, dilation=2, groups=2)),
+    # more columns than the float32 GEMM's nc (4096) in one image
+    "large_wider_than_nc": ((1, 2, 66, 66), (3, 2, 3, 3), dict(padding=1)),
+    # small images: 21 images per GEMM, 45 = 21 + 21 + 3; F=40 makes the output scatter multi-threaded
+    "batched_uneven": ((45, 3, 10, 10), (40, 3, 3, 3), dict(padding=1)),
+    "batched_groups3": ((7, 6, 9, 9), (6, 2, 3, 2), dict(stride=(2, 1), padding=(1, 0), groups=3)),
+    # the staging buffer caps images per GEMM: 2100 x 16 columns each -> 124 of 128 wanted; 130 = 124 + 6
+    "batched_capped": ((130, 1, 8, 8), (2100, 1, 1, 1), dict(stride=2)),
+    # pointwise: large and small images, groups 2, and dilation (meaningless for 1x1) still pointwise
+    "pointwise_large": ((2, 4, 48, 48), (6, 2, 1, 1), dict(groups=2)),
+    "pointwise_large_n1": ((1, 4, 48, 48), (6, 2, 1, 1), dict(groups=2, dilation=2)),
+    "pointwise_small": ((7, 4, 10, 10), (6, 2, 1, 1), dict(groups=2)),
+    # not pointwise though 1x1: stride 2, padding 1
+    "one_by_one_strided": ((3, 4, 11, 11), (5, 4, 1, 1), dict(stride=2)),
+    "one_by_one_padded": ((3, 4, 11, 11), (5, 4, 1, 1), dict(padding=1)),
+    # deep kernels: the input gradient's tile has fewer columns than the GEMM. kdim = 64*49 = 3136 gives 334-column
+    # tiles (oh*ow = 2116 in large mode; 3*144 batched, tiles crossing image boundaries); kdim = 16*49 = 784
+    # gives 1337 (two tiles per image, batch-parallel with 2 threads)
+    "deep_large_n1": ((1, 64, 46, 46), (2, 64, 7, 7), dict(padding=3)),
+    "deep_large_n2": ((2, 16, 46, 46), (3, 16, 7, 7), dict(padding=3)),
+    "deep_batched": ((3, 64, 12, 12), (3, 64, 7, 7), dict(padding=3)),
+    # kdim = 257*16*16 = 65792 > 2**20/16: the tile is clamped to 16 columns (3 images x 9 columns)
+    "deepest_tile_16": ((3, 257, 18, 18), (2, 257, 16, 16), dict()),
+}
+
+
+@pytest.mark.parametrize("case", list(MODE_CASES))
+def test_conv_modes(arch, nthreads, case):
+    x_shape, w_shape, geometry = MODE_CASES[case]
+    run_case(x_shape, w_shape, geometry)
+
+
+def test_mode_cases_reach_their_modes():
+    """The geometry arithmetic behind MODE_CASES' comments (so a renamed case cannot silently drift)."""
+    large = [c for c in MODE_CASES if c.startswith(("large", "deep_large", "pointwise_large"))]
+    for c in large:
+        assert output_pixels(*MODE_CASES[c][:2], **MODE_CASES[c][2]) >= MIN_COLS, c
+    for c in ("batched_uneven", "batched_groups3", "batched_capped", "pointwise_small", "deep_batched"):
+        assert output_pixels(*MODE_CASES[c][:2], **MODE_CASES[c][2]) < MIN_COLS, c
+    for c, tile in (("deep_large_n1", 334), ("deep_large_n2", 1337), ("deep_batched", 334),
+                    ("deepest_tile_16", 15)):
+        x_shape, w_shape, geometry = MODE_CASES[c]
+        kdim = w_shape[1] * w_shape[2] * w_shape[3]
+        assert TILE_ELEMS // kdim == tile, c
+        assert max(tile, 16) < x_shape[0] * output_pixels(x_shape, w_shape, **geometry), c
+
+
+def gemm_tiles():
+    """(arch, dtype, mr, nr, mc, kc, nc) for every micro-kernel set this CPU runs."""
+    usable = set(fastconv.available_archs())
+    for a in _C.archs():
+        if a["name"] in usable:
+            for dtype, prefix in ((np.float32, "s"), (np.float64, "d")):
+                mr, nr = a[prefix + "gemm_tile"]
+                blocking = a[prefix + "gemm_blocking"]
+                yield a["name"], dtype, mr, nr, blocking["mc"], blocking["kc"], blocking["nc"]
+
+
+def test_gemm_tile_edges(arch, nthreads):
+    """F, kdim and the column count one below and above the micro-tile of the selected kernel set.
+
+    A 1x1 kernel with stride (2, 1) on one-row images is not pointwise (so it goes through im2col) and makes
+    kdim = C and the columns = W exactly. GEMM shapes: forward fg x cols x kdim, weight gradient fg x kdim x
+    cols, input gradient kdim x cols x fg.
+    """
+    for name, dtype, mr, nr, mc, kc, nc in gemm_tiles():
+        if name != arch:
+            continue
+        rng = np.random.default_rng(mr * 100 + nr)
+        for f in sorted({max(1, mr - 1), mr, mr + 1}):
+            for c in sorted({max(1, mr - 1), mr + 1, max(1, nr - 1), nr + 1}):
+                for cols in sorted({max(1, nr - 1), nr + 1}):
+                    for n in (1, 3):
+                        x, weight, b = make_problem(rng, (n, c, 1, cols), (f, c, 1, 1), dtype)
+                        check_conv(x, weight, b, dtype, dict(stride=(2, 1)), rng)
+        # one past each cache block: fg = mc + 1, kdim = kc + 1, columns = nc + 1 (one at a time: cheap)
+        for x_shape, w_shape in (((2, 3, 1, 5), (mc + 1, 3, 1, 1)), ((2, kc + 1, 1, 5), (3, kc + 1, 1, 1)),
+                                 ((1, 2, 1, nc + 1), (3, 2, 1, 1))):
+            x, weight, b = make_problem(rng, x_shape, w_shape, dtype)
+            check_conv(x, weight, b, dtype, dict(stride=(2, 1)), rng)
+
+
+# ---------------------------------------------------------------------------------------------------- 3. gradients
+
+FD_CASES = {
+    "stride2": ((2, 3, 7, 7), (4, 3, 3, 3), dict(stride=2, padding=1)),
+    "dilation2": ((1, 2, 8, 8), (3, 2, 3, 3), dict(dilation=2, padding=2)),
+    "groups2": ((2, 4, 6, 6), (4, 2, 3, 3), dict(groups=2, padding=1)),
+    "asymmetric": ((1, 2, 6, 7), (3, 2, 3, 2), dict(stride=(2, 1), padding=(2, 0), dilation=(1, 2))),
+    "pointwise_groups2": ((2, 4, 3, 3), (6, 2, 1, 1), dict(groups=2)),
+}
+
+
+@pytest.mark.parametrize("case", list(FD_CASES))
+def test_gradients_match_finite_differences(arch, nthreads, case):
+    x_shape, w_shape, geometry = FD_CASES[case]
+    rng = np.random.default_rng(7)
+    x, weight, b = make_problem(rng, x_shape, w_shape, np.float64)
+    y = conv2d(x, weight, b, **geometry)
+    dy = rng.standard_normal(y.shape)
+    dx, dw, db = conv2d_backward(dy, x, weight, **geometry)
+    dx_num = numerical_gradient(lambda v: conv2d(v, weight, b, **geometry), x, dy)
+    dw_num = numerical_gradient(lambda v: conv2d(x, v, b, **geometry), weight, dy)
+    db_num = numerical_gradient(lambda v: conv2d(x, weight, v, **geometry), b, dy)
+    assert max_relative_error(dx, dx_num) < 1e-6
+    assert max_relative_error(dw, dw_num) < 1e-6
+    assert max_relative_error(db, db_num) < 1e-6
+
+
+# ---------------------------------------------------------------------------------------------------- 4. torch
+
+# (name, Cin, Cout, kernel, stride, padding, groups, H=W), every distinct conv layer shape of the networks
+NETWORK_LAYERS = [
+    ("lenet5_c1", 1, 6, 5, 1, 0, 1, 32),
+    ("lenet5_c3", 6, 16, 5, 1, 0, 1, 14),
+    ("alexnet_conv1", 3, 96, 11, 4, 0, 1, 227),
+    ("alexnet_conv2", 96, 256, 5, 1, 2, 1, 27),
+    ("alexnet_conv2_groups2", 96, 256, 5, 1, 2, 2, 27),
+    ("alexnet_conv3", 256, 384, 3, 1, 1, 1, 13),
+    ("alexnet_conv4_groups2", 384, 384, 3, 1, 1, 2, 13),
+    ("alexnet_conv5", 384, 256, 3, 1, 1, 1, 13),
+    ("vgg16_3_64_224", 3, 64, 3, 1, 1, 1, 224),
+    ("vgg16_64_64_224", 64, 64, 3, 1, 1, 1, 224),
+    ("vgg16_64_128_112", 64, 128, 3, 1, 1, 1, 112),
+    ("vgg16_128_128_112", 128, 128, 3, 1, 1, 1, 112),
+    ("vgg16_128_256_56", 128, 256, 3, 1, 1, 1, 56),
+    ("vgg16_256_256_56", 256, 256, 3, 1, 1, 1, 56),
+    ("vgg16_256_512_28", 256, 512, 3, 1, 1, 1, 28),
+    ("vgg16_512_512_28", 512, 512, 3, 1, 1, 1, 28),
+    ("vgg16_512_512_14", 512, 512, 3, 1, 1, 1, 14),
+    ("googlenet_stem_7x7", 3, 64, 7, 2, 3, 1, 224),
+    ("googlenet_1x1_64", 64, 64, 1, 1, 0, 1, 56),
+    ("googlenet_3x3_192", 64, 192, 3, 1, 1, 1, 56),
+    ("googlenet_3a_1x1_64", 192, 64, 1, 1, 0, 1, 28),
+    ("googlenet_3a_1x1_96", 192, 96, 1, 1, 0, 1, 28),
+    ("googlenet_3a_1x1_16", 192, 16, 1, 1, 0, 1, 28),
+    ("googlenet_3a_1x1_32", 192, 32, 1, 1, 0, 1, 28),
+    ("googlenet_3a_3x3_128", 96, 128, 3, 1, 1, 1, 28),
+    ("googlenet_3a_5x5_32", 16, 32, 5, 1, 2, 1, 28),
+    ("resnet50_stem_7x7", 3, 64, 7, 2, 3, 1, 224),
+    ("resnet50_1x1_64", 64, 64, 1, 1, 0, 1, 56),
+    ("resnet50_3x3_64", 64, 64, 3, 1, 1, 1, 56),
+    ("resnet50_1x1_256", 64, 256, 1, 1, 0, 1, 56),
+    ("resnet50_projection_s2", 256, 512, 1, 2, 0, 1, 56),
+    ("resnet50_3x3_s2", 128, 128, 3, 2, 1, 1, 56),
+    ("resnet50_3x3_512_7", 512, 512, 3, 1, 1, 1, 7),
+]
+
+
+@pytest.fixture
+def best_arch_one_thread():
+    """The best kernel set on one thread (network shapes are too big for the full arch x thread grid)."""
+    previous = fastconv.set_arch(fastconv.available_archs()[-1])
+    with fastconv.threads(1):
+        yield
+    fastconv.set_arch(previous)
+
+
+@pytest.mark.parametrize("layer", NETWORK_LAYERS, ids=[layer[0] for layer in NETWORK_LAYERS])
+def test_network_layers_match_torch(best_arch_one_thread, layer):
+    torch = pytest.importorskip("torch")
+    _, cin, cout, k, stride, padding, groups, size = layer
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, cin, size, size), dtype=np.float32)
+    weight = (rng.standard_normal((cout, cin // groups, k, k)) / np.sqrt(cin // groups * k * k)).astype(np.float32)
+    b = rng.standard_normal(cout, dtype=np.float32)
+    geometry = dict(stride=stride, padding=padding, groups=groups)
+    y = conv2d(x, weight, b, **geometry)
+    dy = rng.standard_normal(y.shape, dtype=np.float32)
+    dx, dw, db = conv2d_backward(dy, x, weight, **geometry)
+
+    # torch in float64 on the same float32 values: the error measured is ours alone
+    xt, wt, bt = (torch.from_numpy(a.astype(np.float64)).requires_grad_() for a in (x, weight, b))
+    yt = torch.nn.functional.conv2d(xt, wt, bt, **geometry)
+    yt.backward(torch.from_numpy(dy.astype(np.float64)))
+    for name, ours, theirs in (("y", y, yt.detach()), ("dx", dx, xt.grad), ("dw", dw, wt.grad), ("db", db, bt.grad)):
+        assert ours.dtype == np.float32, name
+        error = max_relative_error(ours, theirs.numpy())
+        assert error < 1e-4, f"{name}: max relative error {error:.3g}"
+
+
+# ---------------------------------------------------------------------------------------------------- 5. layouts
+
+def assert_same_up_to_order(got, want, dtype, what):
+    """Equal but for summation order: with 2 threads the weight gradient's per-thread partial sums (images
+    handed out dynamically) may add up in another order from one call to the next."""
+    np.testing.assert_allclose(got, want, rtol=0, atol=64 * np.finfo(dtype).eps * np.abs(want).max(), err_msg=what)
+
+
+def all_results(x, weight, b, dy, geometry):
+    y = conv2d(x, weight, b, **geometry)
+    return (y,) + conv2d_backward(dy, x, weight, **geometry)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("large", [False, True], ids=["small_images", "large_images"])
+def test_non_contiguous_inputs_give_the_same_result(dtype, large):
+    """Transposed views, stepped slices, Fortran order, negative strides and misaligned buffers give exactly
+    what the C-ordered copies give."""
+    rng = np.random.default_rng(11)
+    n, c, h, w, f = (2, 4, 48, 96, 6) if large else (3, 4, 9, 8, 6)  # 48 x 48 outputs: large mode
+    geometry = dict(stride=(1, 2), padding=1, groups=2)
+    x, weight, b = make_problem(rng, (n, c, h, w), (f, 2, 3, 3), dtype)
+    dy = rng.standard_normal((n, f, h, (w + 2 - 3) // 2 + 1)).astype(dtype)
+    with fastconv.threads(1):  # one thread: bit-for-bit reproducible
+        expected = all_results(x, weight, b, dy, geometry)
+
+        def nhwc(a):  # same values, channels-last memory: a transposed view
+            return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+        def stepped(a):  # same values, inside a bigger array at steps of 2 and 3 (and reversed bias)
+            big = np.zeros(tuple(2 * s + 1 for s in a.shape[:-1]) + (3 * a.shape[-1],), a.dtype)
+            view = big[(slice(1, None, 2),) * (a.ndim - 1) + (slice(None, None, 3),)]
+            view[...] = a
+            return view
+
+        def reversed_bias(a):
+            r = a[::-1].copy()[::-1]
+            assert r.strides[0] < 0
+            return r
+
+        def misaligned(a):  # C-contiguous, but the data pointer is not a multiple of the item size
+            buffer = np.zeros(a.nbytes + 1, np.uint8)
+            view = np.frombuffer(buffer.data, a.dtype, a.size, offset=1).reshape(a.shape)
+            view[...] = a
+            assert view.ctypes.data % a.itemsize
+            return view
+
+        variants = {
+            "transposed": (nhwc(x), nhwc(weight), b, nhwc(dy)),
+            "stepped": (stepped(x), stepped(weight), stepped(b), stepped(dy)),
+            "fortran": (np.asfortranarray(x), np.asfortranarray(weight), b, np.asfortranarray(dy)),
+            "negative_strides": (x[:, :, ::-1].copy()[:, :, ::-1], weight, reversed_bias(b), dy),
+            "misaligned": (misaligned(x), misaligned(weight), misaligned(b), misaligned(dy)),
+        }
+        for name, (xv, wv, bv, dyv) in variants.items():
+            for what, got, want in zip(("y", "dx", "dw", "db"), all_results(xv, wv, bv, dyv, geometry), expected):
+                assert np.array_equal(got, want), f"{name}: {what} differs"
+
+
+def test_read_only_and_broadcast_inputs(arch, nthreads):
+    rng = np.random.default_rng(5)
+    for dtype in DTYPES:
+        x, weight, b = make_problem(rng, (3, 4, 10, 10), (6, 2, 3, 3), dtype)
+        geometry = dict(padding=1, groups=2)
+        dy = rng.standard_normal((3, 6, 10, 10)).astype(dtype)
+        expected = all_results(x, weight, b, dy, geometry)
+        frozen = [a.copy() for a in (x, weight, b, dy)]
+        for a in frozen:
+            a.setflags(write=False)
+        for what, got, want in zip(("y", "dx", "dw", "db"), all_results(*frozen, geometry), expected):
+            assert_same_up_to_order(got, want, dtype, what)
+        # zero-stride (read-only) views: every filter the same, one image repeated
+        x_b = np.broadcast_to(x[:1], x.shape)
+        w_b = np.broadcast_to(weight[:1], weight.shape)
+        check_conv(x_b, w_b, np.broadcast_to(b[:1], b.shape), dtype, geometry, rng)
+
+
+def test_need_flags_select_outputs(arch, nthreads):
+    rng = np.random.default_rng(9)
+    for dtype in DTYPES:
+        for x_shape in ((3, 4, 9, 9), (2, 4, 48, 48)):  # small (batched) and large images
+            x, weight, _ = make_problem(rng, x_shape, (6, 2, 3, 3), dtype, bias=False)
+            geometry = dict(padding=1, stride=1, groups=2)
+            dy = rng.standard_normal((x_shape[0], 6) + x_shape[2:]).astype(dtype)
+            full = conv2d_backward(dy, x, weight, **geometry)
+            for flags in np.ndindex(2, 2, 2):
+                need = dict(zip(("need_input_grad", "need_weight_grad", "need_bias_grad"), map(bool, flags)))
+                got = conv2d_backward(dy, x, weight, **geometry, **need)
+                for asked, g, want, what in zip(need.values(), got, full, ("dx", "dw", "db")):
+                    if not asked:
+                        assert g is None, f"{what} returned though not asked ({need})"
+                    else:
+                        assert_same_up_to_order(g, want, dtype, f"{what} {need}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_zero_size_batch(arch, nthreads, dtype):
+    x = np.zeros((0, 4, 7, 6), dtype)
+    weight = np.ones((6, 2, 3, 2), dtype)
+    b = np.ones(6, dtype)
+    geometry = dict(stride=(2, 1), padding=(1, 0), groups=2)
+    y = conv2d(x, weight, b, **geometry)
+    assert y.shape == (0, 6, 4, 5) and y.dtype == dtype
+    dy = np.zeros(y.shape, dtype)
+    dx, dw, db = conv2d_backward(dy, x, weight, **geometry)
+    assert dx.shape == x.shape and dx.dtype == dtype
+    assert dw.shape == weight.shape and dw.dtype == dtype and not dw.any()
+    assert db.shape == (6,) and db.dtype == dtype and not db.any()
+    _, dw_only, db_only = conv2d_backward(dy, x, weight, **geometry, need_input_grad=False, need_weight_grad=False)
+    assert dw_only is None and db_only.shape == (6,) and not db_only.any()
+
+
+# ---------------------------------------------------------------------------------------------------- 6. bad input
+
+X = np.zeros((1, 4, 5, 5), np.float32)
+W = np.zeros((6, 4, 3, 3), np.float32)
+DY = np.zeros((1, 6, 3, 3), np.float32)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: conv2d(X.astype(np.int32), W), TypeError, r"x must be float32 or float64, got dtype int32"),
+    (lambda: conv2d(X.astype(np.float16), W), TypeError, r"x must be float32 or float64, got dtype float16"),
+    (lambda: conv2d(X, W.astype(np.int64)), TypeError, r"weight must be float32 or float64, got dtype int64"),
+    (lambda: conv2d(X, W.astype(np.float16)), TypeError, r"weight must be float32 .*float16"),
+    (lambda: conv2d(X, W, np.zeros(6, np.float16)), TypeError, r"bias must be float32 .*float16"),
+    (lambda: conv2d(X.astype(bool), W), TypeError, r"x must be float32 or float64, got dtype bool"),
+    (lambda: conv2d(X, W.astype(np.float64)), TypeError, r"weight dtype float64 differs from x dtype float32"),
+    (lambda: conv2d(X.astype(np.float64), W), TypeError, r"weight dtype float32 differs from x dtype float64"),
+    (lambda: conv2d(X, W, np.zeros(6)), TypeError, r"bias dtype float64 differs from x dtype float32"),
+    (lambda: conv2d_backward(DY.astype(np.float64), X, W), TypeError, r"dy dtype float64 differs"),
+    (lambda: conv2d_backward(DY.astype(np.float16), X, W), TypeError, r"dy must be float32 .*float16"),
+    (lambda: conv2d(X[0], W), ValueError, r"x must be 4-D .*\(4, 5, 5\)"),
+    (lambda: conv2d(X[..., None], W), ValueError, r"x must be 4-D .*\(1, 4, 5, 5, 1\)"),
+    (lambda: conv2d(X, W[0]), ValueError, r"weight must be 4-D .*\(4, 3, 3\)"),
+    (lambda: conv2d(X, W[:, :3]), ValueError, r"weight \(6, 3, 3, 3\) expects 3 input channels .*x \(1, 4, 5, 5\)"),
+    (lambda: conv2d(X, W[:, :2], groups=1), ValueError, r"weight \(6, 2, 3, 3\) expects 2 input channels"),
+    (lambda: conv2d(X, W[:, :2], groups=3), ValueError, r"groups=3 must divide .*\(4, x \(1, 4, 5, 5\)"),
+    (lambda: conv2d(X, W[:5, :2], groups=2), ValueError, r"groups=2 must divide .*\(5, weight \(5, 2, 3, 3\)"),
+    (lambda: conv2d(X, W, groups=0), ValueError, r"groups must be a positive int, got 0"),
+    (lambda: conv2d(X, W, groups=1.0), ValueError, r"groups must be a positive int, got 1.0"),
+    (lambda: conv2d(X, W[:0]), ValueError, r"empty .*weight \(0, 4, 3, 3\)"),
+    (lambda: conv2d(X[:, :, :0], W), ValueError, r"empty .*x \(1, 4, 0, 5\)"),
+    (lambda: conv2d(X, np.zeros((6, 4, 6, 3), np.float32)), ValueError,
+     r"kernel \(6, 3\) with dilation \(1, 1\) spans \(6, 3\), larger than the padded input \(5, 5\)"),
+    (lambda: conv2d(X, W, dilation=3), ValueError, r"spans \(7, 7\), larger than the padded input \(5, 5\)"),
+    (lambda: conv2d(X, np.zeros((6, 4, 9, 3), np.float32), padding=(1, 0)), ValueError,
+     r"kernel \(9, 3\) .* larger than the padded input \(7, 5\)"),
+    (lambda: conv2d(X, W, stride=0), ValueError, r"stride must be >= 1, got 0"),
+    (lambda: conv2d(X, W, stride=(1, -2)), ValueError, r"stride must be >= 1, got \(1, -2\)"),
+    (lambda: conv2d(X, W, dilation=0), ValueError, r"dilation must be >= 1, got 0"),
+    (lambda: conv2d(X, W, dilation=(-1, 1)), ValueError, r"dilation must be >= 1"),
+    (lambda: conv2d(X, W, padding=-1), ValueError, r"padding must be >= 0, got -1"),
+    (lambda: conv2d(X, W, padding=(0, -1)), ValueError, r"padding must be >= 0"),
+    (lambda: conv2d(X, W, stride=1.5), TypeError, r"stride must be an int or a pair of ints, got 1.5"),
+    (lambda: conv2d(X, W, stride=(1, 2, 3)), TypeError, r"stride must be an int or a pair"),
+    (lambda: conv2d(X, W, padding="1"), TypeError, r"padding must be an int or a pair"),
+    (lambda: conv2d(X, W, dilation=True), TypeError, r"dilation must be an int or a pair"),
+    (lambda: conv2d(X, W, np.zeros(5, np.float32)), ValueError, r"bias must have shape \(6,\) .*got \(5,\)"),
+    (lambda: conv2d(X, W, np.zeros((6, 1), np.float32)), ValueError, r"bias must have shape \(6,\) .*\(6, 1\)"),
+    (lambda: conv2d_backward(DY[:, :5], X, W), ValueError,
+     r"dy has shape \(1, 5, 3, 3\), expected \(1, 6, 3, 3\)"),
+    (lambda: conv2d_backward(DY, X, W, padding=1), ValueError,
+     r"dy has shape \(1, 6, 3, 3\), expected \(1, 6, 5, 5\)"),
+    (lambda: conv2d_backward(DY[0], X, W), ValueError, r"dy has shape \(6, 3, 3\)"),
+    (lambda: conv2d_backward(DY, X, W, groups=4), ValueError, r"groups=4"),
+])
+def test_bad_input_raises(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+@pytest.mark.parametrize("geometry", [dict(stride=2 ** 63), dict(stride=(1, 2 ** 64)), dict(dilation=2 ** 63)],
+                         ids=["stride", "stride_pair", "dilation_1x1"])
+def test_geometry_beyond_int64_raises_value_error(geometry):
+    weight = W if "stride" in geometry else W[:, :, :1, :1]
+    with pytest.raises(ValueError, match="stride" if "stride" in geometry else "dilation"):
+        conv2d(X, weight, **geometry)
+
+
+OVERFLOW_SCRIPT = textwrap.dedent("""
+    import resource
+    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+    import numpy as np
+    from fastconv.functional import conv2d, conv2d_backward
+
+    def huge(shape):
+        return np.broadcast_to(np.float32(1), shape)  # a zero-stride view: no memory behind it
+
+    w3 = np.ones((1, 1, 3, 3), np.float32)
+    cases = {
+        "huge_x": lambda: conv2d(huge((1 << 20, 1, 1 << 12, 1 << 12)), w3),
+        "x_elements_overflow": lambda: conv2d(huge((1 << 40, 1 << 10, 1 << 6, 1 << 6)),
+                                              np.ones((1, 1 << 10, 3, 3), np.float32)),
+        "huge_weight": lambda: conv2d(np.ones((1, 1, 4, 4), np.float32), huge((1 << 40, 1, 3, 3))),
+        "huge_channels": lambda: conv2d(huge((1, 1 << 31, 4, 4)), huge((2, 1 << 31, 3, 3))),
+        "huge_backward": lambda: conv2d_backward(huge((1 << 20, 1, 1 << 12, 1 << 12)),
+                                                 huge((1 << 20, 1, (1 << 12) + 2, (1 << 12) + 2)), w3),
+        "padding_overflows_int64": lambda: conv2d(np.ones((1, 1, 4, 4), np.float32), w3, padding=1 << 62,
+                                                  stride=1 << 62),
+        "huge_padding": lambda: conv2d(np.ones((1, 1, 4, 4), np.float32), w3, padding=1 << 40),
+    }
+    for name, call in cases.items():
+        try:
+            call()
+        except (ValueError, MemoryError) as e:
+            print(name, "raised", type(e).__name__, flush=True)
+        else:
+            print(name, "returned", flush=True)
+""")
+
+
+def test_huge_sizes_raise_cleanly():
+    """Sizes whose buffers or int64 index arithmetic would overflow raise ValueError/MemoryError, never crash.
+
+    Run in a child process limited to 4 GiB of address space, so a missing check cannot take the machine's
+    memory, and with a timeout, so it cannot hang the suite.
+    """
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(fastconv.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+    result = subprocess.run([sys.executable, "-c", OVERFLOW_SCRIPT], capture_output=True, text=True, timeout=120,
+                            env=env)
+    assert result.returncode == 0, f"child died (return code {result.returncode}):\n{result.stdout}\n{result.stderr}"
+    lines = result.stdout.split("\n")
+    for name in ("huge_x", "x_elements_overflow", "huge_weight", "huge_channels", "huge_backward",
+                 "padding_overflows_int64", "huge_padding"):
+        assert any(line.startswith(name + " raised") for line in lines), f"{name}:\n{result.stdout}"
