@@ -299,22 +299,10 @@ class Linear(Module):
 
 
 def _pool_output_shape(input_shape, kernel_size, stride, padding, ceil_mode):
-    """Pooling output size with PyTorch's rounding: with ceil_mode the last window must start inside the input
-    or its left padding."""
-    n, c, h, w = input_shape
-    kh, kw = F._int_pair(kernel_size, "kernel_size", 1)
-    sh, sw = F._int_pair(stride if stride is not None else kernel_size, "stride", 1)
-    ph, pw = F._int_pair(padding, "padding", 0)
-    out = []
-    for size, k, s, p in ((h, kh, sh, ph), (w, kw, sw, pw)):
-        span = size + 2 * p - k
-        o = (-(-span // s) if ceil_mode else span // s) + 1
-        if ceil_mode and (o - 1) * s >= size + p:
-            o -= 1
-        if o < 1:
-            raise ValueError(f"pooling window {(kh, kw)} does not fit input {tuple(input_shape)}")
-        out.append(o)
-    return (n, c, out[0], out[1])
+    """Pooling output shape (PyTorch's rounding), from the same checked geometry the kernels use."""
+    n, c = input_shape[:2]
+    (oh, ow) = F._pool_geometry("pooling", input_shape, kernel_size, stride, padding, ceil_mode)[3]
+    return (n, c, oh, ow)
 
 
 class MaxPool2d(Module):

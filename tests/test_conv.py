@@ -476,7 +476,7 @@ DY = np.zeros((1, 6, 3, 3), np.float32)
     (lambda: conv2d(X, W, dilation=(-1, 1)), ValueError, r"dilation must be >= 1"),
     (lambda: conv2d(X, W, padding=-1), ValueError, r"padding must be >= 0, got -1"),
     (lambda: conv2d(X, W, padding=(0, -1)), ValueError, r"padding must be >= 0"),
-    (lambda: conv2d(X, W, stride=1.5), TypeError, r"stride must be an int or a pair of ints, got 1.5"),
+    (lambda: conv2d(X, W, stride=1.5), TypeError, r"stride must be an int or a pair of ints \(h, w\), got 1.5"),
     (lambda: conv2d(X, W, stride=(1, 2, 3)), TypeError, r"stride must be an int or a pair"),
     (lambda: conv2d(X, W, padding="1"), TypeError, r"padding must be an int or a pair"),
     (lambda: conv2d(X, W, dilation=True), TypeError, r"dilation must be an int or a pair"),
