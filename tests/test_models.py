@@ -314,13 +314,15 @@ def test_forward_backward_batch_2(name, options, shape, rng):
         np.testing.assert_allclose(y.sum(axis=1), 1, rtol=1e-5)
 
 
-def test_alexnet_full_size_forward_backward(rng):
-    """The representative full-size run: 227x227 at batch 2."""
-    run_forward_backward(models.alexnet(init="he", seed=2), (3, 227, 227), rng)
+@pytest.mark.parametrize("name", ["alexnet", "googlenet"])
+def test_full_size_forward_backward_representatives(name, rng):
+    """Full-size runs at batch 2 cheap enough for every test run (AlexNet 227x227, GoogLeNet 224x224)."""
+    model = models.get_model(name, seed=2, **({"init": "he"} if name == "alexnet" else {}))
+    run_forward_backward(model, model.input_shape, rng)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["zfnet", "vgg16", "googlenet", "resnet50", "alphago_policy"])
+@pytest.mark.parametrize("name", ["zfnet", "vgg16", "resnet50", "alphago_policy"])
 def test_full_size_forward_backward(name, rng):
     model = models.get_model(name, seed=2)
     run_forward_backward(model, model.input_shape, rng)
