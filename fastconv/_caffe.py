@@ -10,11 +10,13 @@ Neither Caffe nor protobuf is needed: this module carries two small readers.
   scalars ``name: value`` (numbers, quoted strings with C escapes, adjacent strings joined, enum identifiers,
   ``true``/``false``, ``inf``/``nan``), list values ``name: [1, 2]``, ``#`` comments, optional ``;``/``,``
   separators. It knows no schema: every field may repeat, and the layer converters read fields by name.
-* ``read_caffemodel`` decodes the protobuf WIRE format (varints of at most 10 bytes, length-delimited records,
-  fixed32/fixed64, packed and unpacked repeated scalars) and keeps only each layer's name and parameter blobs.
+* ``read_caffemodel`` (``decode_caffemodel`` for bytes) decodes the protobuf WIRE format (varints of at most 10
+  bytes, length-delimited records, fixed32/fixed64, packed and unpacked repeated scalars) and keeps only each
+  layer's name and parameter blobs.
 
-Every length is checked against the bytes that remain and the text parser bounds its nesting depth, so a
-malformed or truncated file is a ValueError naming the file and the offset or line, never a hang or a crash.
+Every length is checked against the bytes that remain, the text parser bounds its nesting depth, integer fields
+are held to Caffe's ranges and no layer may ask for more than 2**31 parameters, so a malformed or truncated file
+is a ValueError naming the file and the byte offset or line, never a hang or a crash.
 
 Wire-format field numbers used (from Caffe's ``src/caffe/proto/caffe.proto``; wire type 0 = varint,
 1 = fixed64, 2 = length-delimited, 5 = fixed32):
@@ -76,7 +78,8 @@ for the TEST phase (level 0, no stages).
                   average agree once s has converged). use_global_stats: true always uses the stored statistics,
                   false always the batch's; unset follows train()/eval().
     Scale         folded into the BatchNorm just before it (gamma = scale, beta = bias) when it is that layer's
-                  only consumer; otherwise a per-channel Scale module (axis 1, one axis, learned parameters).
+                  only consumer (without bias_term, the BatchNorm's bias stays 0 and frozen); otherwise a
+                  per-channel Scale module (axis 1, one axis, learned parameters).
     Concat        channel axis only.                       Eltwise  SUM with optional coeff (PROD, MAX refused).
     Split         no module: its tops alias its bottom.    Input    the network's input (one input only).
 
@@ -85,11 +88,11 @@ are built (`output` picks the output blob; by default the one blob no layer cons
 
 Assembly: with ``containers=True`` (default) the network becomes our containers -- a chain is an nn.Sequential
 whose children are named after the Caffe layers; a fork whose branches are chains meeting in a Concat becomes
-nn.Concat (branches in the Concat's bottom order), meeting in a 2-input Eltwise SUM with unit coefficients
-becomes nn.Residual (the longer branch is the body); forks nest. Any other DAG (coefficients, more than two
-summands, a branch feeding two joins) falls back to `Graph`, a small module that runs the layers in prototxt
-order and, in backward, accumulates gradients where a blob fans out. ``containers=False`` always builds a
-Graph. fastconv.analyze walks Sequential/Concat/Residual trees; it does not walk a Graph.
+nn.Concat (branches in the Concat's bottom order, each an nn.Sequential named after its first layer), meeting in
+a 2-input Eltwise SUM with unit coefficients becomes nn.Residual (the longer branch is the body); forks nest.
+Any other DAG (coefficients, more than two summands, a branch feeding two joins) falls back to `Graph`, a small
+module that runs the layers in prototxt order and, in backward, accumulates gradients where a blob fans out.
+``containers=False`` always builds a Graph. fastconv.analyze walks Sequential/Concat/Residual trees; it does not walk a Graph.
 
 Parameter names: ``<layer>.weight`` / ``<layer>.bias`` (nested under container names for branches), BatchNorm
 statistics as buffers ``<bn layer>.running_mean`` / ``running_var``. Layers whose ParamSpec (or V1 blobs_lr)
@@ -352,8 +355,9 @@ class _Fields:
         if kind in ("int", "uint"):
             if value.kind != "int":
                 raise self._error(value.line, f"field '{name}' must be an integer, got {value.value!r}")
-            if kind == "uint" and value.value < 0:
-                raise self._error(value.line, f"field '{name}' must be >= 0, got {value.value}")
+            low, high = (0, 2 ** 32) if kind == "uint" else (-2 ** 63, 2 ** 63)  # Caffe's uint32 / int64
+            if not low <= value.value < high:
+                raise self._error(value.line, f"field '{name}' must be in [{low}, {high}), got {value.value}")
             return value.value
         if kind == "float":
             if value.kind == "ident" and value.value.lower() in ("inf", "infinity", "nan"):
@@ -792,6 +796,8 @@ _V1_NUMBERS = {0: "NONE", 35: "ABSVAL", 1: "ACCURACY", 30: "ARGMAX", 2: "BNLL", 
                20: "SOFTMAX", 21: "SOFTMAX_LOSS", 22: "SPLIT", 33: "SLICE", 23: "TANH", 24: "WINDOW_DATA",
                31: "THRESHOLD"}
 
+_MAX_PARAMETERS = 2 ** 31  # per layer; the largest Model Zoo layer (VGG's fc6) has about 2 ** 27
+
 SUPPORTED = ("Input", "Convolution", "Pooling", "LRN", "InnerProduct", "ReLU", "Dropout", "Softmax", "Flatten",
              "Concat", "BatchNorm", "Scale", "Eltwise", "Split")
 
@@ -973,6 +979,11 @@ class _Builder:
             out.append(np.array(blob.reshape(shape), dtype=self.dtype))
         return out
 
+    def check_size(self, layer, count):
+        """Refuse a layer whose parameters would not fit a sane allocation before allocating them."""
+        if count > _MAX_PARAMETERS:
+            raise layer.error(f"would need {count:,} parameters (more than {_MAX_PARAMETERS:,})")
+
     def freeze(self, layer, module, names):
         for name, lr in zip(names, layer.lr_mults):
             if lr == 0 and name in module.params:
@@ -1033,6 +1044,7 @@ class _Builder:
         if group < 1 or channels % group or num_output % group:
             raise layer.error(f"group {group} must divide the input channels ({channels}) and num_output "
                               f"({num_output})")
+        self.check_size(layer, num_output * (channels // group) * kernel[0] * kernel[1])
         conv = nn.Conv2d(channels, num_output, _square(kernel), stride=_square(stride), padding=_square(pad),
                          dilation=_square(dilation), groups=group, bias=bias, dtype=self.dtype)
         expected = [conv.params["weight"].shape] + ([(num_output,)] if bias else [])
@@ -1058,6 +1070,7 @@ class _Builder:
         bias, transpose = p.get("bias_term", "bool", True), p.get("transpose", "bool", False)
         if len(shape) > 2:
             shape = self._single(node, layer, nn.Flatten(), shape, name=f"{layer.name}_flatten")
+        self.check_size(layer, shape[1] * num_output)
         linear = nn.Linear(shape[1], num_output, bias=bias, dtype=self.dtype)
         expected = [(shape[1], num_output) if transpose else (num_output, shape[1])] + ([(num_output,)] if bias else [])
         blobs = self.blobs(layer, expected)
@@ -1165,6 +1178,7 @@ class _Builder:
         if len(shape) < 2:
             raise layer.error(f"needs an (N, C, ...) input, got shape {shape}")
         c = shape[1]
+        self.check_size(layer, 4 * c)
         fraction = p.get("moving_average_fraction", "float", 0.999)
         eps = p.get("eps", "float", 1e-5)
         if not 0 <= fraction <= 1 or not eps > 0:
@@ -1188,6 +1202,7 @@ class _Builder:
             raise layer.error("only axis 1 with num_axes 1 (one factor per channel) is supported")
         bias = p.get("bias_term", "bool", False)
         channels = shape[1]
+        self.check_size(layer, 2 * channels)
         blobs = self.blobs(layer, [(channels,)] + ([(channels,)] if bias else []))
         if blobs is None:
             blobs = [np.ones(channels, self.dtype)] + ([np.zeros(channels, self.dtype)] if bias else [])
@@ -1341,6 +1356,104 @@ def _graph(nodes, input_id, output_id):
 
 # ------------------------------------------------------------------------------------------------ entry point
 
+def _rename_blobs(layers, inputs):
+    """Give every top a new blob id, so in-place layers and fan-out become explicit (Split tops alias their
+    bottom). Returns (nodes, {input id: name}, {blob name: id of its last version})."""
+    current, input_names, nodes = {}, {}, []
+    for name in inputs:
+        current[name] = len(input_names)
+        input_names[current[name]] = name
+    next_id = len(input_names)
+    for layer in layers:
+        if layer.type == "Input":
+            continue
+        missing = [b for b in layer.bottoms if b not in current]
+        if missing:
+            raise layer.error(f"bottom blob(s) {missing} are not produced by any earlier layer or input")
+        if layer.type == "Split":
+            if len(layer.bottoms) != 1:
+                raise layer.error("a Split has one bottom")
+            for top in layer.tops:
+                current[top] = current[layer.bottoms[0]]
+            continue
+        nodes.append(_Node(layer, tuple(current[b] for b in layer.bottoms), next_id if layer.tops else None))
+        for top in layer.tops:
+            current[top] = next_id
+            next_id += 1
+    return nodes, input_names, current
+
+
+def _select(nodes, input_names, current, output, source):
+    """The nodes the output blob depends on, the one input id they read, and the output id. The default output
+    is the one blob no layer consumes (Caffe's net outputs)."""
+    if output is None:
+        used = {i for n in nodes for i in n.inputs}
+        sinks = {}
+        for name, v in current.items():
+            if v not in used and v not in input_names:
+                sinks.setdefault(v, name)
+        if len(sinks) != 1:
+            raise ValueError(f"{source}: the network has {len(sinks)} output blobs {list(sinks.values())}; pass "
+                             f"output= to pick one")
+        output = next(iter(sinks.values()))
+    if output not in current:
+        raise ValueError(f"{source}: no blob named {output!r}")
+    output_id = current[output]
+    if output_id in input_names:
+        raise ValueError(f"{source}: the output {output!r} is the network input")
+    producer = {}
+    for k, node in enumerate(nodes):
+        for t in range(len(node.layer.tops)):
+            producer[node.output + t] = k
+    needed, stack = set(), [output_id]
+    while stack:
+        v = stack.pop()
+        if v in producer and producer[v] not in needed:
+            needed.add(producer[v])
+            stack.extend(nodes[producer[v]].inputs)
+    nodes = [n for k, n in enumerate(nodes) if k in needed]
+    for node in nodes:
+        if node.layer.type not in SUPPORTED:
+            raise node.layer.error(f"layer type '{node.layer.type}' cannot be imported; supported: "
+                                   f"{', '.join(t for t in SUPPORTED if t not in ('Input', 'Split'))}")
+    used_inputs = sorted({i for n in nodes for i in n.inputs if i in input_names})
+    if len(used_inputs) != 1:
+        raise ValueError(f"{source}: the output {output!r} depends on {len(used_inputs)} inputs "
+                         f"{[input_names[i] for i in used_inputs]}; fastconv models take exactly one")
+    return nodes, used_inputs[0], output_id
+
+
+def _consumers(nodes):
+    """{blob id: indices of the nodes reading it} (a node reading a blob twice is listed twice)."""
+    consumers = {}
+    for k, node in enumerate(nodes):
+        for i in node.inputs:
+            consumers.setdefault(i, []).append(k)
+    return consumers
+
+
+def _convert_all(builder, nodes, input_id, shape, output_id):
+    """Convert the nodes in prototxt order, propagating shapes from the input. A Scale reading a BatchNorm's
+    output, as that output's only consumer, is folded into the BatchNorm and its blob aliased to the BatchNorm's.
+    Returns (the nodes that remain, the output id after aliasing)."""
+    builder.names.update(n.layer.name for n in nodes)
+    consumers = _consumers(nodes)
+    shapes, alias, kept = {input_id: shape}, {}, []
+    for node in nodes:
+        node.inputs = tuple(alias.get(i, i) for i in node.inputs)
+        if node.layer.type == "Scale" and len(node.inputs) == 1:
+            src = node.inputs[0]
+            bn = next((m for m in kept if m.output == src and m.layer.type == "BatchNorm"), None)
+            if bn is not None and len(consumers.get(src, [])) == 1:
+                builder.fold_scale(bn, node, shapes[src])
+                alias[node.output] = src
+                continue
+        builder.names.discard(node.layer.name)  # its own name is free for its module
+        shapes[node.output] = builder.convert(node, [shapes[i] for i in node.inputs])
+        kept.append(node)
+    return kept, alias.get(output_id, output_id)
+
+
 def _read_text(path):
     path = os.fspath(path)
     try:
@@ -1385,64 +1498,8 @@ def load_caffe(prototxt, caffemodel=None, *, input_shape=None, output=None, dtyp
     layers = _read_layers(net, source)
     inputs = _declared_inputs(net, layers, source)
 
-    # rename blobs: every top is a new version, so in-place layers and fan-out are explicit
-    current, input_names, nodes = {}, {}, []
-    for name in inputs:
-        current[name] = len(input_names)
-        input_names[current[name]] = name
-    next_id = len(input_names)
-    producer = {}
-    for layer in layers:
-        if layer.type == "Input":
-            continue
-        missing = [b for b in layer.bottoms if b not in current]
-        if missing:
-            raise layer.error(f"bottom blob(s) {missing} are not produced by any earlier layer or input")
-        if layer.type == "Split":
-            if len(layer.bottoms) != 1:
-                raise layer.error("a Split has one bottom")
-            for top in layer.tops:
-                current[top] = current[layer.bottoms[0]]
-            continue
-        node = _Node(layer, tuple(current[b] for b in layer.bottoms), next_id)
-        for top in layer.tops:
-            current[top] = producer_id = next_id
-            producer[producer_id] = len(nodes)
-            next_id += 1
-        nodes.append(node)
-
-    # the output blob (by default the one that no layer consumes, as Caffe's net outputs), and what it needs
-    if output is None:
-        used = {i for n in nodes for i in n.inputs}
-        sinks = {}
-        for name, v in current.items():
-            if v not in used and v not in input_names:
-                sinks.setdefault(v, name)
-        if len(sinks) != 1:
-            raise ValueError(f"{source}: the network has {len(sinks)} output blobs {list(sinks.values())}; pass "
-                             f"output= to pick one")
-        output = next(iter(sinks.values()))
-    if output not in current:
-        raise ValueError(f"{source}: no blob named {output!r}")
-    output_id = current[output]
-    if output_id in input_names:
-        raise ValueError(f"{source}: the output {output!r} is the network input")
-    needed, stack = set(), [output_id]
-    while stack:
-        v = stack.pop()
-        if v in producer and producer[v] not in needed:
-            needed.add(producer[v])
-            stack.extend(nodes[producer[v]].inputs)
-    nodes = [n for k, n in enumerate(nodes) if k in needed]
-    for node in nodes:
-        if node.layer.type not in SUPPORTED:
-            raise node.layer.error(f"layer type '{node.layer.type}' cannot be imported; supported: "
-                                   f"{', '.join(t for t in SUPPORTED if t not in ('Input', 'Split'))}")
-    used_inputs = sorted({i for n in nodes for i in n.inputs if i in input_names})
-    if len(used_inputs) != 1:
-        raise ValueError(f"{source}: the output {output!r} depends on {len(used_inputs)} inputs "
-                         f"{[input_names[i] for i in used_inputs]}; fastconv models take exactly one")
-    input_id = used_inputs[0]
+    nodes, input_names, current = _rename_blobs(layers, inputs)
+    nodes, input_id, output_id = _select(nodes, input_names, current, output, source)
     shape = inputs[input_names[input_id]]
     if input_shape is not None:
         shape = tuple(int(d) for d in input_shape)
@@ -1457,40 +1514,15 @@ def load_caffe(prototxt, caffemodel=None, *, input_shape=None, output=None, dtyp
     weights = None if caffemodel is None else read_caffemodel(caffemodel)
     builder = _Builder(source, weights, None if caffemodel is None else os.fspath(caffemodel), dtype,
                        np.random.default_rng(seed), strict)
-    builder.names.update(n.layer.name for n in nodes)
-    consumers = {}
-    for k, n in enumerate(nodes):
-        for i in n.inputs:
-            consumers.setdefault(i, []).append(k)
-
-    # convert in prototxt order; a Scale right after a BatchNorm (its only consumer) is folded into it
-    shapes, alias, kept = {input_id: shape}, {}, []
-    for k, node in enumerate(nodes):
-        node.inputs = tuple(alias.get(i, i) for i in node.inputs)
-        if node.layer.type == "Scale" and len(node.inputs) == 1:
-            src = node.inputs[0]
-            bn = next((m for m in kept if m.output == src and m.layer.type == "BatchNorm"), None)
-            if bn is not None and len(consumers.get(src, [])) == 1:
-                builder.fold_scale(bn, node, shapes[src])
-                alias[node.output] = src
-                continue
-        builder.names.discard(node.layer.name)
-        shapes[node.output] = builder.convert(node, [shapes[i] for i in node.inputs])
-        kept.append(node)
-    output_id = alias.get(output_id, output_id)
-    consumers = {}
-    for k, n in enumerate(kept):
-        for i in n.inputs:
-            consumers.setdefault(i, []).append(k)
-
+    nodes, output_id = _convert_all(builder, nodes, input_id, shape, output_id)
     model = None
     if containers:
         try:
-            model = _structure(kept, consumers, input_id, output_id)
+            model = _structure(nodes, _consumers(nodes), input_id, output_id)
         except _NotStructured:
             model = None
     if model is None:
-        model = _graph(kept, input_id, output_id)
+        model = _graph(nodes, input_id, output_id)
     model.name = _Fields(net, "network", source).get("name", "string", os.path.splitext(os.path.basename(source))[0])
     model.input_shape = tuple(shape[1:])
     model.output_shape((1,) + model.input_shape)

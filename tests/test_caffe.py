@@ -527,7 +527,8 @@ input_dim: 2 input_dim: 1 input_dim: 16 input_dim: 16
 layers { name: "conv1" type: CONVOLUTION bottom: "data" top: "conv1" blobs_lr: 1 blobs_lr: 2
          convolution_param { num_output: 4 kernel_size: 5 } }
 layers { name: "pool1" type: POOLING bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
-layers { name: "conv2" type: CONVOLUTION bottom: "pool1" top: "conv2" convolution_param { num_output: 6 kernel_size: 3 pad: 1 } }
+layers { name: "conv2" type: CONVOLUTION bottom: "pool1" top: "conv2"
+         convolution_param { num_output: 6 kernel_size: 3 pad: 1 } }
 layers { name: "pool2" type: POOLING bottom: "conv2" top: "pool2" pooling_param { pool: AVE kernel_size: 3 stride: 2 } }
 layers { name: "ip1" type: INNER_PRODUCT bottom: "pool2" top: "ip1" inner_product_param { num_output: 12 } }
 layers { name: "relu1" type: RELU bottom: "ip1" top: "ip1" }
@@ -717,6 +718,11 @@ def test_missing_weights_strict_and_lenient(tmp_path, rng):
     (L("x", "ReLU", "nowhere"), r"bottom blob\(s\) \['nowhere'\]"),
     ('layers { name: "x" type: RELU bottom: "data" top: "x" }', "mixes 'layer' and legacy 'layers'"),
     (L("d", "Dropout", "data", body="dropout_param { dropout_ratio: 1 }"), r"dropout_ratio must be in \[0, 1\)"),
+    (L("c", "Convolution", "data", body="convolution_param { num_output: 5000000000 kernel_size: 1 }"),
+     "must be in \\[0, 4294967296\\)"),
+    (L("c", "Convolution", "data", body="convolution_param { num_output: 4000000 kernel_size: 3000 }"),
+     "would need .* parameters"),
+    (L("f", "InnerProduct", "data", body="inner_product_param { num_output: 4000000000 }"), "would need"),
 ])
 def test_unsupported_or_invalid_layers_are_named(tmp_path, layer, message):
     proto, _ = write(tmp_path, input_layer((1, 4, 6, 6)) + layer)
