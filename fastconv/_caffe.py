@@ -92,7 +92,8 @@ nn.Concat (branches in the Concat's bottom order, each an nn.Sequential named af
 a 2-input Eltwise SUM with unit coefficients becomes nn.Residual (the longer branch is the body); forks nest.
 Any other DAG (coefficients, more than two summands, a branch feeding two joins) falls back to `Graph`, a small
 module that runs the layers in prototxt order and, in backward, accumulates gradients where a blob fans out.
-``containers=False`` always builds a Graph. fastconv.analyze walks Sequential/Concat/Residual trees; it does not walk a Graph.
+``containers=False`` always builds a Graph. fastconv.analyze walks Sequential/Concat/Residual trees; it does not
+walk a Graph.
 
 Parameter names: ``<layer>.weight`` / ``<layer>.bias`` (nested under container names for branches), BatchNorm
 statistics as buffers ``<bn layer>.running_mean`` / ``running_var``. Layers whose ParamSpec (or V1 blobs_lr)
