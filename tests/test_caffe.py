@@ -793,6 +793,9 @@ def test_unpacked_repeated_fields_and_legacy_shapes_decode():
     a, b = layers["a"]
     assert_close(a, np.float32([[1, 2], [3, 4]]), 0)
     assert b.shape == (1, 1, 1, 2) and b.tolist() == [[[[5, 6]]]]
+    # a V1 layer whose name and blobs live in a nested V0 layer (field 1: name 1, blobs 50)
+    v0 = ld(1, b"old") + ld(2, b"conv") + ld(50, blob_bytes(np.float32([7, 8])))
+    assert decode_caffemodel(ld(2, key(5, 0) + varint(4) + ld(1, v0)))["old"][0].tolist() == [7, 8]
 
 
 def test_fuzzed_caffemodels_load_or_raise_value_error(tmp_path, rng):
