@@ -930,9 +930,6 @@ class _Importer:
     def resolve(self, name):
         return self.alias.get(name, name)
 
-    def is_const(self, name):
-        return name in self.consts
-
     def const(self, node, index, what, optional=False):
         name = self.resolve(node.input[index]) if index < len(node.input) else ""
         if name == "":
@@ -940,8 +937,6 @@ class _Importer:
                 return None
             self.fail(node, f"the {what} (input {index}) is missing")
         if name not in self.consts:
-            if optional == "data":
-                return None
             self.fail(node, f"the {what} (input {index}, {name!r}) must be a constant (an initializer), not a "
                             f"computed tensor")
         return self.consts[name]
@@ -1299,7 +1294,7 @@ def _convert_lrn(imp, node, attrs):
 def _convert_dropout(imp, node, attrs):
     ratio = attrs.get("ratio", 0.5)
     if imp.opset >= 12:
-        value = imp.const(node, 1, "ratio", optional="data") if len(node.input) > 1 and node.input[1] else None
+        value = imp.const(node, 1, "ratio", optional=True)
         ratio = 0.5 if value is None else float(value)
     return imp.new_dropout(float(ratio)), [imp.data_input(node)]
 
@@ -1472,7 +1467,7 @@ class _Exporter:
 
     def add(self, op, inputs, path, **attrs):
         from onnx import helper
-        out = self.fresh(f"{path}:{op}" if path else op)
+        out = self.fresh(path or op)
         self.nodes.append(helper.make_node(op, list(inputs), [out], name=out, **attrs))
         return out
 
@@ -1486,12 +1481,10 @@ class _Exporter:
         x, shape = xs[0], shapes[0]
         sub = (lambda name: f"{path}.{name}" if path else name)
         if isinstance(m, GraphModule):
-            env = dict(zip(m.inputs, zip(xs, shapes)))
-            for name, ins, out in m.nodes:
-                env[out] = self.emit(m.children[name], sub(name), [env[t][0] for t in ins], [env[t][1] for t in ins])
-            if len(m.outputs) != 1:
+            outs = self.graph(m, path, xs, shapes)
+            if len(outs) != 1:
                 self.fail(m, path, "a graph with several outputs can only be exported at the top level")
-            return env[m.outputs[0]]
+            return outs[0]
         if isinstance(m, nn.Sequential):
             for name, child in m.children.items():
                 if isinstance(child, SideBranch):  # an auxiliary head: training only
@@ -1523,6 +1516,23 @@ class _Exporter:
             return y, (yshape[0], yshape[1], yshape[3])
         out_shape = m.output_shape(*shapes)
         return self.layer(m, path, xs, shapes, sub), out_shape
+
+    def graph(self, m, path, xs, shapes):
+        """Nodes of a GraphModule; returns [(name, shape)] of its outputs."""
+        if len(xs) != len(m.inputs):
+            self.fail(m, path, f"takes {len(m.inputs)} inputs, given {len(xs)}")
+        env = dict(zip(m.inputs, zip(xs, shapes)))
+        for name, ins, out in m.nodes:
+            env[out] = self.emit(m.children[name], f"{path}.{name}" if path else name, [env[t][0] for t in ins],
+                                 [env[t][1] for t in ins])
+        return [env[t] for t in m.outputs]
+
+    def rename(self, old, new):
+        for n in self.nodes:
+            for field in (n.input, n.output):
+                for i, t in enumerate(field):
+                    if t == old:
+                        field[i] = new
 
     def layer(self, m, path, xs, shapes, sub):
         from .models.alphago import PositionBias
@@ -1665,25 +1675,32 @@ def export_onnx(model, path, input_shape, opset=17):
                          f"{sorted(map(str, dtypes))}")
     dtype = next(iter(dtypes)).type
     ex = _Exporter(int(opset), dtype)
-    ex.used.update(["input", "output"])
     try:
-        out_shape = model.output_shape(input_shape)
+        out_shapes = model.output_shape(input_shape)
     except ValueError as e:
         raise ValueError(f"export_onnx: the model does not take input {input_shape}: {e}") from None
-    y, _ = ex.emit(model, "", ["input"], [input_shape])
-    if y == "input":
-        y = ex.add("Identity", [y], "")
-    for n in ex.nodes:  # the last node writes the graph output
-        for i, o in enumerate(n.output):
-            if o == y:
-                n.output[i] = "output"
+    count = len(model.outputs) if isinstance(model, GraphModule) else 1
+    names = ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+    ex.used.update(["input"] + names)
+    if isinstance(model, GraphModule):
+        results = ex.graph(model, "", ["input"], [input_shape])
+        out_shapes = (out_shapes,) if count == 1 else out_shapes
+    else:
+        results, out_shapes = [ex.emit(model, "", ["input"], [input_shape])], (out_shapes,)
+    written = {}
+    for (y, _), name in zip(results, names):
+        if y == "input" or y in written:  # the input itself, or a tensor already written as another output
+            ex.nodes.append(helper.make_node("Identity", [written.get(y, y)], [name], name=ex.fresh(name)))
+        else:
+            ex.rename(y, name)
+            written[y] = name
 
     def info(name, shape):
         dims = ["N"] + list(shape[1:]) if len(shape) else []
         return helper.make_tensor_value_info(name, ex.elem, dims)
 
     graph = helper.make_graph(ex.nodes, getattr(model, "name", None) or "fastconv", [info("input", input_shape)],
-                              [info("output", out_shape)], initializer=ex.initializers)
+                              [info(n, s) for n, s in zip(names, out_shapes)], initializer=ex.initializers)
     opsets = [helper.make_opsetid("", int(opset))]
     proto = helper.make_model(graph, opset_imports=opsets, producer_name="fastconv")
     proto.ir_version = helper.find_min_ir_version_for(opsets)

@@ -510,13 +510,14 @@ def test_export_with_batch_not_fixed_and_opset_11(tmp_path):
 
 
 def test_export_imported_graph_round_trip():
-    """An imported branched graph (per-side pads, Pad2d, Arithmetic, Concatenate) exports back to the same
-    function."""
+    """An imported branched graph (per-side pads, Pad2d, Arithmetic, Concatenate; two outputs, one of them also
+    read inside the graph) exports back to the same function."""
     fc = load_onnx(branched_graph())
-    fc.outputs = fc.outputs[:1]  # export handles one output per graph
     x = np.random.default_rng(17).standard_normal((2, 3, 8, 9)).astype(np.float32)
     proto = export_onnx(fc, None, x.shape)
-    assert_close(run_ort(proto, x)[0], fc(x), 1e-5)
+    assert [o.name for o in proto.graph.output] == ["output_0", "output_1"]
+    for a, b in zip(run_ort(proto, x), fc(x)):
+        assert_close(a, b, 1e-5)
     conv = conv_graph((1, 2, 7, 7), (3, 2, 3, 3), auto_pad="SAME_UPPER", strides=[2, 2])
     fc = load_onnx(conv)
     x = np.random.default_rng(18).standard_normal((1, 2, 7, 7)).astype(np.float32)
@@ -535,3 +536,14 @@ def test_export_errors():
         export_onnx(models.lenet5(), None, (1, 1, 32, 32), opset=7)
     with pytest.raises(ValueError, match="does not take input"):
         export_onnx(models.lenet5(), None, (1, 1, 8, 8))
+
+
+def test_export_float64_model_gives_a_double_graph():
+    model = models.lenet5(dtype=np.float64).eval()
+    proto = export_onnx(model, None, (2, 1, 32, 32))
+    assert proto.graph.input[0].type.tensor_type.elem_type == TensorProto.DOUBLE
+    back = load_onnx(proto)
+    x = np.random.default_rng(19).standard_normal((2, 1, 32, 32))
+    assert list(back.children)[:2] == ["features_c1", "features_relu1"]  # node names are the module paths
+    assert {p.dtype for _, p, _ in back.parameters()} == {np.dtype(np.float64)}
+    assert_close(back(x), model(x), 1e-12)
