@@ -1,5 +1,5 @@
-/* Element-wise activations (activation.h): memory-bound loops, vectorized by the compiler, split over threads in
- * static contiguous chunks when the array is large. */
+/* Element-wise activations (activation.h): memory-bound loops vectorized by the compiler, split over threads in
+ * static contiguous chunks when the array is large. activation_kernels.inc holds them for float32 and float64. */
 #include <stdint.h>
 
 #include "fastconv/activation.h"
@@ -13,41 +13,20 @@ static int team_size(const fc_context *ctx, int64_t n) {
     return t;
 }
 
-/* The comparisons are written so that NaN takes the "open" side: x < 0 is false for NaN (y = NaN), v <= 0 is
- * false for NaN (the gradient passes). */
-#define FC_DEFINE_ACTIVATIONS(T, PFX)                                                                            \
-    int fc_##PFX##relu_forward(const fc_context *ctx, const T *x, T *y, int64_t n) {                            \
-        const int t = team_size(ctx, n);                                                                       \
-        _Pragma("omp parallel for simd num_threads(t) if (t > 1) schedule(static)")                           \
-        for (int64_t i = 0; i < n; i++) y[i] = x[i] < (T)0 ? (T)0 : x[i];                                      \
-        return FC_OK;                                                                                          \
-    }                                                                                                          \
-                                                                                                               \
-    int fc_##PFX##relu_backward(const fc_context *ctx, const T *FC_RESTRICT dy, const T *FC_RESTRICT x,         \
-                               T *FC_RESTRICT dx, int64_t n, int rule) {                                       \
-        const int t = team_size(ctx, n);                                                                       \
-        if (rule == FC_RELU_PLAIN) {                                                                           \
-            _Pragma("omp parallel for simd num_threads(t) if (t > 1) schedule(static)")                       \
-            for (int64_t i = 0; i < n; i++) dx[i] = x[i] <= (T)0 ? (T)0 : dy[i];                               \
-        } else if (rule == FC_RELU_GUIDED) {                                                                   \
-            _Pragma("omp parallel for simd num_threads(t) if (t > 1) schedule(static)")                       \
-            for (int64_t i = 0; i < n; i++) dx[i] = (x[i] <= (T)0) | (dy[i] <= (T)0) ? (T)0 : dy[i];           \
-        } else if (rule == FC_RELU_DECONVNET) {                                                                \
-            _Pragma("omp parallel for simd num_threads(t) if (t > 1) schedule(static)")                       \
-            for (int64_t i = 0; i < n; i++) dx[i] = dy[i] <= (T)0 ? (T)0 : dy[i];                              \
-        } else {                                                                                               \
-            return FC_ERR_ARG;                                                                                 \
-        }                                                                                                      \
-        return FC_OK;                                                                                          \
-    }                                                                                                          \
-                                                                                                               \
-    int fc_##PFX##dropout_apply(const fc_context *ctx, const T *FC_RESTRICT x, const uint8_t *FC_RESTRICT mask, \
-                               T *FC_RESTRICT y, int64_t n, T scale) {                                         \
-        const int t = team_size(ctx, n);                                                                       \
-        _Pragma("omp parallel for simd num_threads(t) if (t > 1) schedule(static)")                           \
-        for (int64_t i = 0; i < n; i++) y[i] = x[i] * ((T)mask[i] * scale);                                    \
-        return FC_OK;                                                                                          \
-    }
+/* The loops' parallel region over t threads. The `if` is limited to the parallel region: a bare `if` also
+ * applies to `simd` and would turn vectorization off whenever one thread runs. */
+#define FC_PARALLEL_SIMD _Pragma("omp parallel for simd num_threads(t) if (parallel : t > 1) schedule(static)")
+/* Marks a variable that only OpenMP pragmas read (unused in a serial build). */
+#define FC_OMP_ONLY __attribute__((unused))
 
-FC_DEFINE_ACTIVATIONS(float, s)
-FC_DEFINE_ACTIVATIONS(double, d)
+#define T float
+#define PFX s
+#include "activation_kernels.inc"
+#undef T
+#undef PFX
+
+#define T double
+#define PFX d
+#include "activation_kernels.inc"
+#undef T
+#undef PFX

@@ -36,12 +36,13 @@ int fc_conv2d_prepare(fc_conv2d_desc *d) {
     return FC_OK;
 }
 
-/* Images per GEMM: enough small images side by side to give the GEMM FC_CONV_MIN_COLS columns, as long as
- * the (f/groups x nb*oh*ow) staging buffer stays within FC_CONV_TILE_ELEMS * 4 elements. */
+/* Images per GEMM: small images side by side give the GEMM about FC_CONV_BATCH_COLS columns, as long as the
+ * (f/groups x nb*oh*ow) staging buffer stays within FC_CONV_TILE_ELEMS * 4 elements. Larger images run one per
+ * GEMM, writing y in place (the staging copy costs more than a wider GEMM gains). */
 static int64_t fc_conv2d_images_per_gemm(const fc_conv2d_desc *d) {
     int64_t p = d->oh * d->ow, fg = d->f / d->groups;
-    if (p >= FC_CONV_MIN_COLS || d->n <= 1) return 1;
-    int64_t nb = (FC_CONV_MIN_COLS + p - 1) / p;
+    if (p >= FC_CONV_SMALL_IMAGE || d->n <= 1) return 1;
+    int64_t nb = (FC_CONV_BATCH_COLS + p - 1) / p;
     int64_t cap = 4 * FC_CONV_TILE_ELEMS / (fg * p);
     if (nb > cap) nb = cap;
     if (nb > d->n) nb = d->n;

@@ -19,6 +19,14 @@ static inline void valid_ox(int64_t off, int64_t sw, int64_t w, int64_t ow, int6
                                 int64_t cnt, T *FC_RESTRICT dst, int64_t ds) {                                    \
         int64_t oy = p0 / d->ow, ox = p0 % d->ow;                                                                 \
         int64_t off = kj * d->dw - d->pw, lo, hi;                                                                 \
+        if (ds == 1 && d->sw == 1 && d->sh == 1 && off == 0 && d->ow == d->w) {                                    \
+            /* output rows map onto whole input rows (1x1 kernels, unpadded columns): one run across rows */     \
+            int64_t dy_ = ki * d->dh - d->ph, iy0 = oy + dy_, iy1 = (p0 + cnt - 1) / d->ow + dy_;                 \
+            if (iy0 >= 0 && iy1 < d->h) {                                                                         \
+                memcpy(dst, xc + p0 + dy_ * d->w, (size_t)cnt * sizeof(T));                                       \
+                return;                                                                                           \
+            }                                                                                                     \
+        }                                                                                                         \
         valid_ox(off, d->sw, d->w, d->ow, &lo, &hi);                                                              \
         for (int64_t i = 0; i < cnt;) {                                                                           \
             int64_t run = d->ow - ox < cnt - i ? d->ow - ox : cnt - i;                                            \

@@ -26,6 +26,7 @@ int fc_pool2d_check(const fc_pool2d_desc *d) {
         fc_pool2d_output_size(d->in_w, d->kernel_w, d->stride_w, d->pad_w, d->ceil_mode, &ow))
         return FC_ERR_ARG;
     if (oh != d->out_h || ow != d->out_w) return FC_ERR_ARG;
+    if (fc_mul_overflow(d->kernel_h, d->kernel_w, &size)) return FC_ERR_OVERFLOW; /* average pooling's divisor */
     if (fc_mul_overflow(d->batch, d->channels, &size) || fc_mul_overflow(size, d->in_h, &size) ||
         fc_mul_overflow(size, d->in_w, &size))
         return FC_ERR_OVERFLOW;
@@ -51,6 +52,9 @@ static int check_sizes(const fc_pool2d_desc *d, int with_output) {
     return FC_OK;
 }
 
+/* Marks a variable that only OpenMP pragmas read (unused in a serial build). */
+#define FC_OMP_ONLY __attribute__((unused))
+
 /* Threads for a pass over `planes` planes touching `elements` values: one below ~64K values, where waking a team
  * costs more than the work. Notes the parallel region when it will be multi-threaded. */
 static int team_size(const fc_context *ctx, int64_t planes, int64_t elements) {
@@ -60,6 +64,10 @@ static int team_size(const fc_context *ctx, int64_t planes, int64_t elements) {
     if (t > 1) fc_note_parallel_region();
     return t;
 }
+
+/* Whether the window offsets i * W + j (i < kernel_h) are exact in float, as the vectorized max pooling keeps
+ * them: kernel_h * W < 2^24, tested without overflowing. */
+static int window_offsets_exact(int64_t kernel_h, int64_t W) { return kernel_h < ((int64_t)1 << 24) / W; }
 
 /* Output columns [lo, hi) whose windows lie entirely inside the input along one axis:
  * o * stride - pad >= 0 and o * stride - pad + kernel <= in. */
@@ -90,54 +98,39 @@ typedef int64_t fc_v4l __attribute__((vector_size(32))); /* argmax of a float ve
 #define FC_SHUFFLE(a, b, mask_t, ...) __builtin_shuffle(a, b, (mask_t){__VA_ARGS__})
 #endif
 
-/* tap[j] = the vector p[j], p[j + S], p[j + 2S], ... for j < kw (S = 1 or 2, kw <= 4), reading no element past
- * the last one used. With stride 2 a tap is two overlapping loads and one shuffle; taps 0 and 1 share theirs. */
+/* tap[j] = the vector p[j], p[j + S], p[j + 2S], ... for j < kw, with S = 1 (kw <= 4) or S = 2 (kw = 2 or 3),
+ * reading no element past the last one used. With stride 2 a tap is the even or odd lanes of two loads: taps 0
+ * and 1 share theirs, tap 2 takes two more. */
 static inline void row_taps_s(const float *p, int64_t S, int kw, fc_vs *tap) {
-    fc_vs a, b, c;
-    if (S == 2 && (kw == 2 || kw == 3)) {
-        memcpy(&a, p, sizeof a);     /* p0 p1 p2 p3 */
-        memcpy(&b, p + 4, sizeof b); /* p4 p5 p6 p7 */
-        tap[0] = FC_SHUFFLE(a, b, fc_vs_mask, 0, 2, 4, 6);
-        tap[1] = FC_SHUFFLE(a, b, fc_vs_mask, 1, 3, 5, 7);
-        if (kw == 3) {
-            memcpy(&a, p + 2, sizeof a); /* p2 p3 p4 p5 */
-            memcpy(&c, p + 5, sizeof c); /* p5 p6 p7 p8 */
-            tap[2] = FC_SHUFFLE(a, c, fc_vs_mask, 0, 2, 5, 7);
-        }
+    fc_vs a, b;
+    if (S == 1) {
+        for (int j = 0; j < kw; j++) memcpy(&tap[j], p + j, sizeof a);
         return;
     }
-    for (int j = 0; j < kw; j++) {
-        if (S == 1) {
-            memcpy(&tap[j], p + j, sizeof a);
-        } else {
-            memcpy(&a, p + j, sizeof a);
-            memcpy(&b, p + j + 3 * S - 3, sizeof b);
-            tap[j] = FC_SHUFFLE(a, b, fc_vs_mask, 0, 2, 5, 7);
-        }
+    memcpy(&a, p, sizeof a);     /* p0 p1 p2 p3 */
+    memcpy(&b, p + 4, sizeof b); /* p4 p5 p6 p7 */
+    tap[0] = FC_SHUFFLE(a, b, fc_vs_mask, 0, 2, 4, 6);
+    tap[1] = FC_SHUFFLE(a, b, fc_vs_mask, 1, 3, 5, 7);
+    if (kw == 3) {
+        memcpy(&a, p + 2, sizeof a); /* p2 p3 p4 p5 */
+        memcpy(&b, p + 5, sizeof b); /* p5 p6 p7 p8 */
+        tap[2] = FC_SHUFFLE(a, b, fc_vs_mask, 0, 2, 5, 7);
     }
 }
 
 static inline void row_taps_d(const double *p, int64_t S, int kw, fc_vd *tap) {
-    fc_vd a, b, c;
-    if (S == 2 && (kw == 2 || kw == 3)) {
-        memcpy(&a, p, sizeof a);     /* p0 p1 */
-        memcpy(&b, p + 2, sizeof b); /* p2 p3 */
-        tap[0] = FC_SHUFFLE(a, b, fc_vd_mask, 0, 2);
-        tap[1] = FC_SHUFFLE(a, b, fc_vd_mask, 1, 3);
-        if (kw == 3) {
-            memcpy(&c, p + 3, sizeof c); /* p3 p4 */
-            tap[2] = FC_SHUFFLE(b, c, fc_vd_mask, 0, 3);
-        }
+    fc_vd a, b;
+    if (S == 1) {
+        for (int j = 0; j < kw; j++) memcpy(&tap[j], p + j, sizeof a);
         return;
     }
-    for (int j = 0; j < kw; j++) {
-        if (S == 1) {
-            memcpy(&tap[j], p + j, sizeof a);
-        } else {
-            memcpy(&a, p + j, sizeof a);
-            memcpy(&b, p + j + 1, sizeof b);
-            tap[j] = FC_SHUFFLE(a, b, fc_vd_mask, 0, 3);
-        }
+    memcpy(&a, p, sizeof a);     /* p0 p1 */
+    memcpy(&b, p + 2, sizeof b); /* p2 p3 */
+    tap[0] = FC_SHUFFLE(a, b, fc_vd_mask, 0, 2);
+    tap[1] = FC_SHUFFLE(a, b, fc_vd_mask, 1, 3);
+    if (kw == 3) {
+        memcpy(&a, p + 3, sizeof a); /* p3 p4 */
+        tap[2] = FC_SHUFFLE(b, a, fc_vd_mask, 0, 3);
     }
 }
 

@@ -5,6 +5,7 @@ switched with set_arch (tests run every kernel in one process). The thread count
 the CPUs available, and is changed by set_num_threads, the threads() context manager, or threadpoolctl.
 """
 import contextlib
+import numbers
 import os
 import sys
 
@@ -44,8 +45,9 @@ def get_num_threads():
 
 def set_num_threads(n):
     """Use `n` threads (n >= 1) in fastconv's kernels; returns the previous count."""
-    if isinstance(n, bool) or not isinstance(n, int):
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):  # numbers.Integral admits numpy integers
         raise TypeError(f"number of threads must be an int, got {type(n).__name__}")
+    n = int(n)
     if n < 1:
         raise ValueError(f"number of threads must be >= 1, got {n}")
     return _C.set_num_threads(n)

@@ -45,7 +45,8 @@ def gemm(a, b, out=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError(f"gemm needs 2-D arrays, got a with shape {a.shape} and b with shape {b.shape}")
     if a.dtype != b.dtype:
-        raise TypeError(f"gemm operands must have the same dtype, got a {a.dtype} and b {b.dtype}")
+        raise TypeError(f"gemm operands must have the same dtype, got a {a.dtype} (shape {a.shape}) and "
+                        f"b {b.dtype} (shape {b.shape})")
     m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
     kb, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
     if k != kb:
@@ -56,7 +57,7 @@ def gemm(a, b, out=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
             raise TypeError(f"{name} must be a real scalar, got {v!r}")
     if out is None:
         if beta != 0:
-            raise ValueError("gemm with beta != 0 needs `out` (the C it accumulates into)")
+            raise ValueError(f"gemm with beta={beta!r} needs `out`, the {(m, n)} array it accumulates into")
         out = np.empty((m, n), dtype=a.dtype)
         target = out
     else:
@@ -65,9 +66,10 @@ def gemm(a, b, out=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
         if out.shape != (m, n):
             raise ValueError(f"out has shape {out.shape}, expected {(m, n)} for op(a) {(m, k)} @ op(b) {(k, n)}")
         if out.dtype != a.dtype:
-            raise TypeError(f"out has dtype {out.dtype}, expected {a.dtype}")
+            raise TypeError(f"out has dtype {out.dtype} (shape {out.shape}), expected {a.dtype} like a {a.shape} "
+                            f"and b {b.shape}")
         if not out.flags.writeable:
-            raise ValueError("out is read-only")
+            raise ValueError(f"out (shape {out.shape}) is read-only")
         target = out
         # Writing into an operand while reading it would be undefined: compute aside, then copy.
         if any(s % out.itemsize for s in out.strides) or np.may_share_memory(out, a) or \

@@ -50,7 +50,9 @@ class Module:
     def add_param(self, name, value):
         """Register a parameter (and its zeroed gradient)."""
         self.params[name] = value
-        self.grads[name] = np.zeros_like(value)
+        # np.zeros (calloc) rather than zeros_like: untouched gradient pages cost no memory until written, so a
+        # large model built only to be analyzed stays cheap
+        self.grads[name] = np.zeros(value.shape, dtype=value.dtype)
         return value
 
     def add_child(self, name, module):
@@ -530,8 +532,11 @@ class Sequential(Module):
         return dy
 
     def output_shape(self, input_shape):
-        for layer in self.children.values():
-            input_shape = layer.output_shape(input_shape)
+        for name, layer in self.children.items():
+            try:
+                input_shape = layer.output_shape(input_shape)
+            except ValueError as e:  # name the layer that does not fit (nested: "features: pool5: ...")
+                raise ValueError(f"{name}: {e}") from None
         return tuple(input_shape)
 
     def __getitem__(self, key):

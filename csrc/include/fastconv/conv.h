@@ -30,8 +30,12 @@ typedef struct fc_conv2d_desc {
 
 /* Elements of the per-thread column tile used by the input gradient (4 MiB of float32). */
 #define FC_CONV_TILE_ELEMS ((int64_t)1 << 20)
-/* Images smaller than this many output pixels are batched into one GEMM (see conv_impl.inc). */
-#define FC_CONV_MIN_COLS 2048
+/* Images with fewer output pixels than FC_CONV_SMALL_IMAGE are batched, FC_CONV_BATCH_COLS pixels to a GEMM
+ * (see conv_impl.inc). */
+#ifndef FC_CONV_SMALL_IMAGE
+#define FC_CONV_SMALL_IMAGE 512
+#endif
+#define FC_CONV_BATCH_COLS 2048
 
 /* Compute oh/ow and check every size product for int64 overflow. FC_ERR_ARG when the geometry is invalid. */
 int fc_conv2d_prepare(fc_conv2d_desc *d);

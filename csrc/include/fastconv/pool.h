@@ -12,9 +12,10 @@
  *   ceil_mode window hanging past the padding counts only up to it), else by the number of input elements it
  *   covers.
  *
- * Every function returns FC_ERR_ARG when the descriptor is inconsistent (fc_pool2d_check), FC_OK otherwise;
- * max pooling backward also returns FC_ERR_ARG when an argmax entry lies outside its plane (dx is then partly
- * written). Work is split over the N * C planes, so the backward scatters never race. */
+ * Every function checks the descriptor fields it reads (fc_pool2d_check for the windowed ones) and returns
+ * FC_ERR_ARG or FC_ERR_OVERFLOW when they are invalid, FC_OK otherwise; max pooling backward also returns FC_ERR_ARG
+ * when an argmax entry lies outside its plane (dx is then partly written). Work is split over the N * C planes, so
+ * the backward scatters never race. */
 #ifndef FASTCONV_POOL_H
 #define FASTCONV_POOL_H
 
