@@ -160,9 +160,9 @@ def save(model, path, metadata=None):
     metadata : optional dict str -> str stored with the weights (read back by :func:`read_metadata` and as
     ``model.metadata`` after :func:`load`). The architecture (``model.arch``, set by
     ``fastconv.models.get_model``) is recorded so that ``load(path)`` can rebuild the model; a model built by
-    hand saves fine but needs ``load(path, model=...)``. The file is written atomically.
+    hand saves fine but needs ``load(path, model=...)``. The file is written atomically. Returns `path`.
     """
-    path = os.fspath(path)
+    target, path = path, os.fspath(path)
     state = model.state_dict()
     meta = _metadata_for(model, metadata)
     ext = os.path.splitext(path)[1].lower()
@@ -181,7 +181,7 @@ def save(model, path, metadata=None):
             np.savez(f, **arrays, **SAVEZ_OPTIONS)
     else:
         raise ValueError(f"cannot tell the format of {path!r}: use a .safetensors or .npz file name")
-    return path
+    return target
 
 
 def _safetensors_bytes(state, meta):

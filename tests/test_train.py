@@ -13,18 +13,13 @@ import pytest
 
 import fastconv
 from fastconv import data, nn, optim, train
+from fastconv.models import get_model
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastconv.__file__)))
 
 
 def lenet5(seed=0, dtype=np.float32):
-    """LeNet-5 as the model zoo draws it (conv-pool-conv-pool-conv-fc-fc, ReLU, average pooling)."""
-    rng = np.random.default_rng(seed)
-    return nn.Sequential(
-        nn.Conv2d(1, 6, 5, rng=rng, dtype=dtype), nn.ReLU(), nn.AvgPool2d(2, 2),
-        nn.Conv2d(6, 16, 5, rng=rng, dtype=dtype), nn.ReLU(), nn.AvgPool2d(2, 2),
-        nn.Conv2d(16, 120, 5, rng=rng, dtype=dtype), nn.ReLU(), nn.Flatten(),
-        nn.Linear(120, 84, rng=rng, dtype=dtype), nn.ReLU(), nn.Linear(84, 10, rng=rng, dtype=dtype))
+    return get_model("lenet5", seed=seed, dtype=dtype)
 
 
 def small_net(seed=0, dtype=np.float64):
@@ -160,6 +155,26 @@ def test_freezing_and_zero_lr_mult_keep_weights_bit_identical_during_fit():
         assert not np.array_equal(after[name], before[name]), name
     assert [row["lr"] for row in history] == pytest.approx([0.05, 0.025, 0.0125])
     assert opt.lr == pytest.approx(0.00625)
+
+
+def test_lr_multiplier_scales_the_step_during_fit():
+    # one full-batch step of plain SGD from the same weights: the gradients are the same in both runs, so layer
+    # "9" moves by lr * lr_mult * g in the first run and by (lr * lr_mult) * g in the second, bit for bit
+    x, y = blobs(16)
+
+    def one_step(lr, groups):
+        model = small_net(dtype=np.float64)
+        before = params(model)
+        train.fit(model, (x, y), None, optim.SGD(model, lr=lr, param_groups=groups), 1, batch_size=16,
+                  progress=False, log=None)
+        return {k: v - before[k] for k, v in params(model).items()}
+
+    halved = one_step(0.1, [{"params": ["9"], "lr_mult": 0.5}])
+    plain = one_step(0.05, None)
+    np.testing.assert_array_equal(halved["9.weight"], plain["9.weight"])
+    np.testing.assert_array_equal(halved["9.bias"], plain["9.bias"])
+    np.testing.assert_allclose(halved["3.weight"], 2 * plain["3.weight"], rtol=1e-12, atol=1e-15)
+    assert np.abs(plain["3.weight"]).max() > 0
 
 
 def test_multistep_schedule_during_fit():
@@ -307,6 +322,7 @@ TRAINING_SCRIPT = textwrap.dedent("""
     import numpy as np
     import fastconv
     from fastconv import data, nn, optim, train
+from fastconv.models import get_model
 
     checkpoint_dir, out, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
     fastconv.set_num_threads(1)
