@@ -1,6 +1,5 @@
 """fastconv.train: fit, evaluate, predict, exact resume from checkpoints, SIGKILL and Ctrl-C safety."""
 import glob
-import math
 import os
 import signal
 import subprocess
@@ -322,7 +321,6 @@ TRAINING_SCRIPT = textwrap.dedent("""
     import numpy as np
     import fastconv
     from fastconv import data, nn, optim, train
-from fastconv.models import get_model
 
     checkpoint_dir, out, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
     fastconv.set_num_threads(1)
