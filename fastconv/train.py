@@ -375,7 +375,8 @@ def fit(model, train, val, optimizer, epochs, *, loss=None, scheduler=None, chec
         if path is not None:
             done = _checkpoint_epoch(path)
             where = (f"no complete checkpoint yet in {checkpoint_dir}" if done is None else
-                     f"the last complete checkpoint is {path} (epoch {done}); continue with resume=True")
+                     f"the last complete checkpoint is {path} (epoch {done}); continue from it with resume=True "
+                     f"(fastconv train --resume)")
         (log or (lambda s: print(s, file=sys.stderr)))(f"interrupted in epoch {epoch}: {where}")
         raise
     finally:
