@@ -15,6 +15,12 @@ string entries passed as ``metadata=``. Every malformed file -- bad header lengt
 offsets past the end of the file, dtypes or shapes that do not fit the architecture -- is a ValueError naming
 the file and what is wrong.
 
+Other frameworks' files
+    load_onnx(path)                  an ONNX graph as a fastconv model (chains as Sequential, branches as a
+                                     GraphModule); export_onnx(model, path, input_shape) writes one (_onnx.py)
+    load_caffe(prototxt, caffemodel) a Caffe net from its text and binary protobufs, read without Caffe
+                                     (_caffe.py)
+
 Atomic writes
     with atomic_write(path) as f: ...  the bytes go to a temporary file in the same directory, which is flushed,
                                       fsync'ed and renamed over `path` (then the directory is fsync'ed): a reader
@@ -327,3 +333,11 @@ def load(path, model=None):
     model.load_state_dict(tensors)
     model.metadata = dict(meta)
     return model.eval() if rebuilt else model
+
+
+# ================================================================================================ importers
+# Models from other frameworks' files. Each importer lives in its own module and imports its optional
+# dependencies (onnx) only when called.
+
+from ._caffe import load_caffe, parse_prototxt, read_caffemodel  # noqa: E402
+from ._onnx import GraphModule, OnnxImportError, export_onnx, load_onnx, materialize_placeholders  # noqa: E402
