@@ -22,6 +22,10 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def one_thread():
     """Small models on a shared 2-core machine run fastest on one thread (fastconv's and t-SNE's)."""
     from threadpoolctl import threadpool_limits
+    try:
+        import sklearn.manifold  # noqa: F401  (its OpenMP runtime must be loaded to be limited)
+    except ImportError:
+        pass
     with fastconv.threads(1), threadpool_limits(1):
         yield
 
