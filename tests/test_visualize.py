@@ -284,6 +284,21 @@ def test_backward_walk_inside_containers_equals_finite_differences(layer, unit):
     np.testing.assert_allclose([g[p] for p in picks], fd, rtol=1e-6, atol=1e-9)
 
 
+def test_capturing_several_layers_walks_through_containers():
+    # inner layers of a Concat and a Residual captured on the way to a later layer: the walk must rebuild the
+    # containers' outputs itself (concatenation, residual sum) to reach the model's own output
+    rng = np.random.default_rng(8)
+    model = _tree_net(rng)
+    x = rng.normal(size=(2, 1, 24, 24))
+    acts = V.activations(model, x, ["inc.a", "res.body.r", "last"])
+    ch = model.children
+    h = ch["r1"].forward(ch["c1"].forward(x))
+    np.testing.assert_allclose(acts["inc.a"], ch["inc"].children["a"].forward(h), rtol=1e-12)
+    h = ch["inc"].forward(h)
+    np.testing.assert_allclose(acts["res.body.r"], ch["res"].children["body"].forward(h), rtol=1e-12)
+    np.testing.assert_allclose(acts["last"], model.forward(x), rtol=1e-12)
+
+
 def test_activations_match_the_models_forward(lenet, digits):
     x = digits[1].images[:10]
     acts = V.activations(lenet, x, ["features.relu3", "classifier.output"], batch_size=4)
