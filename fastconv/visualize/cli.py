@@ -2,10 +2,26 @@
 and ``fastconv visualize all --model PATH -o DIR`` (every picture plus an index.html gallery).
 
 The main command line wires this module in with ``add_parser(subparsers)`` and, for the "visualize" command,
-``run(args)``. Nothing heavy is imported until `run`.
+``run(args)``. The optional packages (Pillow, scikit-learn, matplotlib, tqdm) are imported only when used.
 """
 import os
 import sys
+
+import numpy as np
+
+from ..data import ImageFolder
+from ..data import read_image as read_picture
+from ..models import MODELS, get_model
+from . import images as pic
+from ._core import RULES, check_images, check_unit, get_layer, input_shape_of, output_shapes, score_layer
+from .embedding import embed, scatter_plot, thumbnail_map
+from .filters import conv_layers, filter_grid
+from .gallery import YOSINSKI, code_layer, default_images, map_layers, slug, strongest_unit, write_gallery
+from .gradients import neuron_backward, saliency
+from .occlusion import occlusion
+from .optimize import class_model, invert_layers, maximize
+from .patches import render_top_patches, top_patches
+from .receptive import receptive_fields
 
 TECHNIQUES = {
     "filters": "the kernels of a conv layer (default: the first)",
@@ -68,8 +84,6 @@ def run(args):
 
 def load_model(spec, weights=None):
     """A model from a file (fastconv.load) or a fastconv.models name (seed 0), with optional .npz weights."""
-    import numpy as np
-
     if os.path.isfile(spec):
         load = _model_loader()
         if load is None:
@@ -77,7 +91,6 @@ def load_model(spec, weights=None):
                              f"give a model name and --weights FILE.npz")
         model = load(spec)
     else:
-        from ..models import MODELS, get_model
         key = spec.lower().replace("_", "-")
         if key not in {k.replace("_", "-") for k in MODELS}:
             raise ValueError(f"--model {spec!r} is neither a file nor a model name; the models are: "
@@ -104,10 +117,6 @@ def _model_loader():
 def read_image(model, path):
     """The image to explain as (C, H, W) of the model's input: a .npy array taken as is (its shape must fit),
     any other file read with Pillow and resized."""
-    import numpy as np
-
-    from ..data import read_image as read_picture
-    from ._core import check_images, input_shape_of
     if path.lower().endswith(".npy"):
         return check_images(model, np.load(path), f"image {path}")[0]
     c, h, w = input_shape_of(model)
@@ -117,13 +126,10 @@ def read_image(model, path):
 
 
 def _dataset(model, args):
-    from ._core import input_shape_of
-    from .gallery import default_images
     shape = input_shape_of(model)
     if args.images < 1:
         raise ValueError(f"--images must be positive, got {args.images}")
     if args.data:
-        from ..data import ImageFolder
         folder = ImageFolder(args.data, shape[1:], channels=shape[0])
         return folder.images[:args.images], folder.labels[:args.images], folder.classes
     return default_images(shape, n=args.images, seed=args.seed)
@@ -131,120 +137,139 @@ def _dataset(model, args):
 
 # --------------------------------------------------------------------------------------------- techniques
 
+class _Job:
+    """What every technique gets: the model, the parsed arguments, the image to explain, the dataset, and
+    `save` (writes a picture into the output folder and remembers it)."""
+
+    def __init__(self, model, args, image, data):
+        self.model, self.args, self.image = model, args, image
+        self.images, self.labels, self.label_names = data
+        self.layer = args.layer
+        self.progress = not args.no_progress
+        self.scale = pic.auto_scale(input_shape_of(model)[1])
+        self.written = []
+
+    def save(self, name, picture, scale=1):
+        path = os.path.join(self.args.output, name)
+        width, height = pic.save_png(path, picture, scale)
+        self.written.append(f"{path} ({width}x{height})")
+
+
+def _filters(job):
+    layer = job.layer or conv_layers(job.model)[0]
+    grid = filter_grid(job.model, layer)
+    job.save(f"filters_{slug(layer)}.png", grid, pic.auto_scale(grid.shape[0], 256))
+
+
+def _top_patches(job):
+    layer = job.layer or map_layers(job.model)[-1]
+    units = None if job.args.unit is None else [job.args.unit]
+    job.save(f"top_patches_{slug(layer)}.png",
+             render_top_patches(top_patches(job.model, job.images, layer, units, k=job.args.k)))
+
+
+def _embedding(job):
+    layer = job.layer or code_layer(job.model)
+    coords = embed(job.model, job.images, layer, seed=job.args.seed)
+    job.save("tsne_thumbnails.png", thumbnail_map(coords, job.images))
+    if job.labels is not None:
+        path = os.path.join(job.args.output, "tsne_points.png")
+        width, height = scatter_plot(coords, job.labels, path, job.label_names, f"t-SNE of {layer}")
+        job.written.append(f"{path} ({width}x{height})")
+
+
+def _occlusion(job):
+    occ = occlusion(job.model, job.image, job.args.target)
+    show = pic.display(job.image)
+    job.save("occlusion.png", pic.side_by_side([show, pic.overlay(show, pic.rescale(occ.pixel_map))]), job.scale)
+    print(f"class {occ.target}: probability {occ.base:.3f} unoccluded, {occ.probs.min():.3f} at worst")
+
+
+def _saliency(job):
+    sal = saliency(job.model, job.image, job.args.target)
+    job.save("saliency.png", pic.side_by_side([pic.display(job.image), pic.rescale(sal.map)]), job.scale)
+    print(f"class {sal.target}: score {sal.score:.4g}")
+
+
+def _backprop(job):
+    layer = job.layer or map_layers(job.model)[-1]
+    unit = strongest_unit(job.model, job.image, layer) if job.args.unit is None else job.args.unit
+    nb = neuron_backward(job.model, job.image, layer, unit)
+    panels = [pic.rescale(pic.to_hwc(nb.gradients[r]), symmetric=True) for r in RULES]
+    job.save(f"backward_{slug(layer)}_{unit}.png", pic.side_by_side([pic.display(job.image)] + panels), job.scale)
+    print(f"{layer} unit {unit} at {nb.position}: activation {nb.activation:.4g}; panels: image, "
+          + ", ".join(RULES))
+
+
+def _class_model(job, regularizers=None):
+    shapes, scores_at = output_shapes(job.model), score_layer(job.model)
+    options = dict(steps=job.args.steps, progress=job.progress, seed=job.args.seed, **(regularizers or {}))
+    if job.layer is None or job.layer == scores_at:
+        chosen = job.args.target if job.args.target is not None else job.args.unit
+        classes = [chosen] if chosen is not None else list(range(min(10, shapes[scores_at][1])))
+        result = class_model(job.model, classes, **options)
+    else:
+        units = [job.args.unit] if job.args.unit is not None else list(range(min(10, shapes[job.layer][1])))
+        result = maximize(job.model, job.layer, units, **options)
+    tiles = np.stack([pic.as_rgb(pic.rescale(pic.to_hwc(im))) for im in result.images])
+    job.save(f"{job.args.technique}_{slug(result.layer)}.png", pic.tile(tiles, ncols=min(10, len(tiles))),
+             job.scale)
+    for unit, before, after in zip(result.units, result.scores[0], result.scores[-1]):
+        print(f"{result.layer} unit {unit}: {before:.4g} -> {after:.4g}")
+
+
+def _deepvis(job):
+    _class_model(job, YOSINSKI)
+
+
+def _inversion(job):
+    layers = [job.layer] if job.layer else map_layers(job.model) + [code_layer(job.model)]
+    inversions = invert_layers(job.model, job.image, layers, steps=job.args.steps, progress=job.progress,
+                               seed=job.args.seed)
+    panels = [pic.display(job.image)] + [pic.display(inv.image) for inv in inversions]
+    job.save("inversion.png", pic.side_by_side(panels), job.scale)
+    for inv in inversions:
+        print(f"{inv.layer}: feature distance {inv.distances[0]:.3g} -> {inv.distances[-1]:.3g}")
+
+
+_RUNNERS = {"filters": _filters, "top-patches": _top_patches, "embedding": _embedding, "occlusion": _occlusion,
+            "saliency": _saliency, "backprop": _backprop, "class-model": _class_model, "deepvis": _deepvis,
+            "inversion": _inversion}
+_NEEDS_DATASET = ("top-patches", "embedding")
+_NEEDS_IMAGE = ("occlusion", "saliency", "backprop", "inversion")
+
+
 def _run(args):
-    import numpy as np
-
-    from . import gallery, images as pic
-    from ._core import check_unit, get_layer, output_shapes, score_layer
-
     model = load_model(args.model, args.weights)
-    out = args.output
-    progress = not args.no_progress
+    input_shape_of(model)  # a clear error now if the model does not record its input shape
     if args.layer is not None:
         get_layer(model, args.layer)
-    if args.unit is not None and args.layer is None:
+        if args.unit is not None:
+            check_unit(model, args.layer, args.unit, output_shapes(model)[args.layer])
+    elif args.unit is not None:
         raise ValueError("--unit needs --layer (the class of a class-model image is --class)")
     if args.technique == "receptive-field":
         return _print_fields(model, args.layer)
     if args.technique == "all":
         x, labels, names = _dataset(model, args)
         examples = read_image(model, args.image)[None] if args.image else 3
-        entries = gallery.write_gallery(model, out, images=x, labels=labels, class_names=names, examples=examples,
-                                        steps=args.steps, top_k=args.k, progress=progress, seed=args.seed)
-        print(f"wrote {len(entries)} pictures and {os.path.join(out, 'index.html')}")
+        entries = write_gallery(model, args.output, images=x, labels=labels, label_names=names,
+                                examples=examples, steps=args.steps, top_k=args.k,
+                                progress=not args.no_progress, seed=args.seed)
+        print(f"wrote {len(entries)} pictures and {os.path.join(args.output, 'index.html')}")
         return 0
-
-    shape = output_shapes(model)
-    written = []
-
-    def save(name, picture, scale=1):
-        path = os.path.join(out, name)
-        width, height = pic.save_png(path, picture, scale)
-        written.append(f"{path} ({width}x{height})")
-
-    needs_data = args.technique in ("top-patches", "embedding") or (
-        args.image is None and args.technique in ("occlusion", "saliency", "backprop", "inversion"))
-    x, labels, names = _dataset(model, args) if needs_data else (None, None, None)
-    image = read_image(model, args.image) if args.image else (x[0] if x is not None else None)
-    scale = pic.auto_scale(model.input_shape[1]) if hasattr(model, "input_shape") else 1
-    layer = args.layer
     t = args.technique
-
-    if t == "filters":
-        from .filters import filter_grid
-        grid = filter_grid(model, layer)
-        layer = layer or gallery.conv_layers(model)[0]
-        save(f"filters_{gallery._slug(layer)}.png", grid, pic.auto_scale(grid.shape[0], 256))
-    elif t == "top-patches":
-        from .patches import render_top_patches, top_patches
-        layer = layer or gallery.map_layers(model)[-1]
-        units = None if args.unit is None else [args.unit]
-        result = top_patches(model, x, layer, units, k=args.k)
-        save(f"top_patches_{gallery._slug(layer)}.png", render_top_patches(result))
-    elif t == "embedding":
-        from .embedding import embed, scatter_plot, thumbnail_map
-        layer = layer or gallery.code_layer(model)
-        coords = embed(model, x, layer, seed=args.seed)
-        save("tsne_thumbnails.png", thumbnail_map(coords, x))
-        if labels is not None:
-            path = os.path.join(out, "tsne_points.png")
-            width, height = scatter_plot(coords, labels, path, names, f"t-SNE of {layer}")
-            written.append(f"{path} ({width}x{height})")
-    elif t == "occlusion":
-        from .occlusion import occlusion
-        occ = occlusion(model, image, args.target)
-        show = pic.display(image)
-        save("occlusion.png", pic.side_by_side([show, pic.overlay(show, pic.rescale(occ.pixel_map))]), scale)
-        print(f"class {occ.target}: probability {occ.base:.3f} unoccluded, {occ.probs.min():.3f} at worst")
-    elif t == "saliency":
-        from .gradients import saliency
-        sal = saliency(model, image, args.target)
-        save("saliency.png", pic.side_by_side([pic.display(image), pic.rescale(sal.map)]), scale)
-        print(f"class {sal.target}: score {sal.score:.4g}")
-    elif t == "backprop":
-        from ._core import RULES
-        from .gradients import neuron_backward
-        layer = layer or gallery.map_layers(model)[-1]
-        if args.unit is None:
-            unit = gallery._strongest_unit(model, image, layer)
-        else:
-            unit = check_unit(model, layer, args.unit, shape[layer])
-        nb = neuron_backward(model, image, layer, unit)
-        panels = [pic.rescale(pic.to_hwc(nb.gradients[r]), symmetric=True) for r in RULES]
-        save(f"backward_{gallery._slug(layer)}_{unit}.png", pic.side_by_side([pic.display(image)] + panels), scale)
-        print(f"{layer} unit {unit} at {nb.position}: activation {nb.activation:.4g}; panels: image, "
-              + ", ".join(RULES))
-    elif t in ("class-model", "deepvis"):
-        from .optimize import class_model, maximize
-        options = gallery.YOSINSKI if t == "deepvis" else {}
-        scores_at = score_layer(model)
-        if layer is None or layer == scores_at:
-            chosen = args.target if args.target is not None else args.unit
-            classes = [chosen] if chosen is not None else list(range(min(10, shape[scores_at][1])))
-            result = class_model(model, classes, steps=args.steps, progress=progress, seed=args.seed, **options)
-        else:
-            units = [args.unit] if args.unit is not None else list(range(min(10, shape[layer][1])))
-            result = maximize(model, layer, units, steps=args.steps, progress=progress, seed=args.seed, **options)
-        tiles = np.stack([pic.as_rgb(pic.rescale(pic.to_hwc(im))) for im in result.images])
-        save(f"{t}_{gallery._slug(result.layer)}.png", pic.tile(tiles, ncols=min(10, len(tiles))), scale)
-        print(f"{result.layer} units {result.units}: activation {np.round(result.scores[0], 3).tolist()} -> "
-              f"{np.round(result.scores[-1], 3).tolist()}")
-    elif t == "inversion":
-        from .optimize import invert_layers
-        layers = [layer] if layer else gallery.map_layers(model) + [gallery.code_layer(model)]
-        inversions = invert_layers(model, image, layers, steps=args.steps, progress=progress, seed=args.seed)
-        save("inversion.png", pic.side_by_side([pic.display(image)] + [pic.display(i.image) for i in inversions]),
-             scale)
-        for inv in inversions:
-            print(f"{inv.layer}: feature distance {inv.distances[0]:.3g} -> {inv.distances[-1]:.3g}")
-    for line in written:
+    needs_data = t in _NEEDS_DATASET or (t in _NEEDS_IMAGE and args.image is None)
+    data = _dataset(model, args) if needs_data else (None, None, None)
+    image = read_image(model, args.image) if args.image else (data[0][0] if data[0] is not None else None)
+    job = _Job(model, args, image, data)
+    _RUNNERS[t](job)
+    for line in job.written:
         print(f"wrote {line}")
     return 0
 
 
 def _print_fields(model, layer):
-    from ._core import input_shape_of
-    from .receptive import receptive_fields
     fields = receptive_fields(model, input_shape_of(model))
     rows = [("layer", "output", "field", "stride", "start")]
     for name, f in fields.items():

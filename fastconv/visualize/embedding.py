@@ -30,8 +30,9 @@ def tsne(codes, perplexity=30.0, seed=0, iterations=1000):
     except ImportError:
         OpenTSNE = None
     if OpenTSNE is not None:
-        return np.asarray(OpenTSNE(perplexity=perplexity, random_state=seed, n_iter=iterations).fit(codes),
-                          dtype=np.float64)
+        # openTSNE's n_iter counts the iterations after its 250 of early exaggeration
+        embedding = OpenTSNE(perplexity=perplexity, random_state=seed, n_iter=max(250, int(iterations) - 250))
+        return np.asarray(embedding.fit(codes), dtype=np.float64)
     try:
         from sklearn.manifold import TSNE
     except ImportError:

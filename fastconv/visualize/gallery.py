@@ -13,17 +13,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import nn
+from ..models.googlenet import SideBranch
 from . import images as pic
-from ._core import RULES, check_images, forward_to, get_layer, input_shape_of, model_name, output_shapes, score_layer
+from ._core import (RULES, check_images, forward_to, get_layer, input_shape_of, model_name, output_shapes,
+                    score_layer)
 from .embedding import embed, scatter_plot, thumbnail_map
 from .filters import conv_layers, filter_grid
-from .gradients import class_scores, neuron_backward, saliency
+from .gradients import neuron_backward, saliency
 from .occlusion import occlusion
 from .optimize import class_model, invert_layers
 from .patches import render_top_patches, top_patches
 from .receptive import receptive_fields
 
-# The regularizers of Yosinski et al.'s Figure 3 style "deep visualization" pictures, at a small scale.
+# Yosinski et al.'s regularizers (L2 decay, blur, clipping by norm and by contribution) at strengths that keep
+# small images readable.
 YOSINSKI = dict(decay=0.01, blur_every=4, blur_sigma=0.5, norm_percentile=20, contribution_percentile=20)
 
 
@@ -72,12 +75,21 @@ def default_images(input_shape, n=256, seed=0):
 # --------------------------------------------------------------------------------------------- choices
 
 def map_layers(model, input_shape=None, count=3):
-    """Up to `count` ReLU layers with maps (4-D outputs), spread from first to last (Conv2d layers when the
-    model has no ReLU)."""
+    """Up to `count` layers of the trunk with maps (4-D outputs), spread from first to last: the ReLUs that are
+    not inside a branch, and the joins of inception blocks (a Concat's output; what lies inside Concat,
+    Residual and SideBranch branches is skipped). Conv2d layers when there are none."""
     shapes = output_shapes(model, input_shape)
-    relus = [n for n, m in model.named_modules() if isinstance(m, nn.ReLU) and len(shapes.get(n, ())) == 4
-             and shapes[n][2] * shapes[n][3] > 0]
-    names = relus or [n for n in conv_layers(model) if n in shapes]
+    branched, names, convs = [], [], []
+    for name, m in model.named_modules():
+        if not name or any(name.startswith(b + ".") for b in branched) or len(shapes.get(name, ())) != 4:
+            continue
+        if isinstance(m, (nn.Concat, nn.Residual, SideBranch)):
+            branched.append(name)
+        if isinstance(m, (nn.ReLU, nn.Concat)):
+            names.append(name)
+        elif isinstance(m, nn.Conv2d):
+            convs.append(name)
+    names = names or convs
     if len(names) <= count:
         return names
     picks = np.linspace(0, len(names) - 1, count).round().astype(int)
@@ -93,7 +105,8 @@ def code_layer(model):
     return leaves[leaves.index(scores) - 1] if scores in leaves and leaves.index(scores) > 0 else scores
 
 
-def _slug(text):
+def slug(text):
+    """A layer name as a safe piece of a file name."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
@@ -121,24 +134,27 @@ class _Writer:
         self.entries.append(Entry(section, title, name, width, height, caption))
 
 
-def write_gallery(model, out_dir, images=None, labels=None, class_names=None, examples=3, steps=100,
+def write_gallery(model, out_dir, images=None, labels=None, label_names=None, examples=3, steps=100,
                   classes=10, top_k=6, units=8, tsne_iterations=1000, progress=True, seed=0):
     """Write every visualization of `model` into `out_dir` and an index.html linking them; returns the list
     of Entry written (the page is ``out_dir/index.html``).
 
     images (N, C, H, W): the dataset for top patches and t-SNE (default `default_images`); labels (N,) colour
-    the t-SNE points; examples: the images explained (occlusion, saliency, three rules, inversion) -- an array
-    (M, C, H, W), or a count of the dataset's first images.
+    the t-SNE points and label_names name them in its legend; examples: the images explained (occlusion,
+    saliency, three rules, inversion) -- an array (M, C, H, W), or a count of the dataset's first images.
     steps: iterations of each optimization (class models, inversions); classes: how many class-model images
     (the first ones); top_k, units: patches per unit and units per layer; tsne_iterations: t-SNE's.
     """
     os.makedirs(out_dir, exist_ok=True)
     shape = input_shape_of(model, None if images is None else np.shape(images)[1:])
     if images is None:
-        images, labels, default_names = default_images(shape, seed=seed)
-        class_names = class_names or default_names
+        images, labels, label_names = default_images(shape, seed=seed)
     x = check_images(model, images)
-    class_names = class_names or getattr(model, "classes", None)
+    scores_at = score_layer(model)
+    num_classes = output_shapes(model, shape)[scores_at][1]
+    class_names = getattr(model, "classes", None)  # the model's own, when it records them
+    if class_names is not None and len(class_names) != num_classes:
+        class_names = None
     layers = map_layers(model, shape)
     w = _Writer(out_dir)
     scale = pic.auto_scale(shape[1])
@@ -150,7 +166,7 @@ def write_gallery(model, out_dir, images=None, labels=None, class_names=None, ex
     for layer in convs[:2]:
         grid = filter_grid(model, layer)
         per_channel = get_layer(model, layer).in_channels not in (1, 3)
-        w.add("Filters", layer, f"filters_{_slug(layer)}.png", grid, pic.auto_scale(grid.shape[0], 256),
+        w.add("Filters", layer, f"filters_{slug(layer)}.png", grid, pic.auto_scale(grid.shape[0], 256),
               ("one row per filter, one tile per input channel" if per_channel else "one tile per filter")
               + "; zero is gray")
 
@@ -159,7 +175,7 @@ def write_gallery(model, out_dir, images=None, labels=None, class_names=None, ex
         n_units = output_shapes(model, shape)[layer][1]
         result = top_patches(model, x, layer, units=list(range(min(units, n_units))), k=top_k)
         size = result.patches.shape[-2:]
-        w.add("Top patches", layer, f"top_patches_{_slug(layer)}.png", render_top_patches(result), 1,
+        w.add("Top patches", layer, f"top_patches_{slug(layer)}.png", render_top_patches(result), 1,
               f"the {top_k} strongest {size[0]}x{size[1]} receptive-field crops of units 0..{len(result.units) - 1}")
 
     # embedding
@@ -170,7 +186,7 @@ def write_gallery(model, out_dir, images=None, labels=None, class_names=None, ex
     if labels is not None:
         try:
             name = "tsne_points.png"
-            width, height = scatter_plot(coords, labels, os.path.join(out_dir, name), class_names,
+            width, height = scatter_plot(coords, labels, os.path.join(out_dir, name), label_names,
                                          f"t-SNE of {codes_at}")
             w.entries.append(Entry("Embedding", f"t-SNE of {codes_at}: labels", name, width, height,
                                    "points coloured by label"))
@@ -189,18 +205,16 @@ def write_gallery(model, out_dir, images=None, labels=None, class_names=None, ex
         sal = saliency(model, image)
         w.add("Saliency", f"image {k}", f"saliency_{k}.png", pic.side_by_side([shows[k], pic.rescale(sal.map)]),
               scale, f"|d score / d image| of class {sal.target}, max over channels")
-    scores_at = score_layer(model)
     for k, image in enumerate(examples):
         for layer in layers[-1:] + [scores_at]:
-            nb = neuron_backward(model, image, layer, _strongest_unit(model, image, layer))
+            nb = neuron_backward(model, image, layer, strongest_unit(model, image, layer))
             panels = [pic.rescale(pic.to_hwc(nb.gradients[r]), symmetric=True) for r in RULES]
             w.add("Backward from one neuron", f"image {k}, {layer} unit {nb.unit}",
-                  f"backward_{k}_{_slug(layer)}.png", pic.side_by_side([shows[k]] + panels), scale,
+                  f"backward_{k}_{slug(layer)}.png", pic.side_by_side([shows[k]] + panels), scale,
                   f"image | {' | '.join(RULES)} rule, from unit {nb.unit}"
                   + (f" at {nb.position}" if nb.position is not None else "") + f" (activation {nb.activation:.3g})")
 
     # class models
-    num_classes = output_shapes(model, shape)[scores_at][1]
     chosen = list(range(min(classes, num_classes)))
     for title, options, name in (("Simonyan et al.: L2 penalty only", {}, "class_models.png"),
                                  ("Yosinski et al.: decay, blur, norm and contribution clipping", YOSINSKI,
@@ -223,15 +237,16 @@ def write_gallery(model, out_dir, images=None, labels=None, class_names=None, ex
     return w.entries
 
 
-def _strongest_unit(model, image, layer):
+def strongest_unit(model, image, layer):
+    """The unit of `layer` whose response (its map's maximum) to image (C, H, W) is largest."""
     y = forward_to(model, image[None], layer)[0]
     return int(np.argmax(y.reshape(len(y), -1).max(axis=1)))
 
 
 def _field_rows(model, shape, layers):
     fields = receptive_fields(model, shape)
-    return [(layer, "x".join(map(str, fields[layer].shape[1:])), f"{fields[layer].size[0]}x{fields[layer].size[1]}",
-             f"{fields[layer].stride[0]}") for layer in layers]
+    return [(layer, "x".join(map(str, f.shape[1:])), f"{f.size[0]}x{f.size[1]}", f"{f.stride[0]}x{f.stride[1]}")
+            for layer, f in ((layer, fields[layer]) for layer in layers)]
 
 
 def _write_index(out_dir, model, entries, field_rows):
