@@ -13,7 +13,7 @@ from fastconv import visualize as V
 from fastconv.models import get_model
 from fastconv.visualize import cli, gallery
 from fastconv.visualize import images as pic
-from fastconv.visualize.optimize import alpha_norm, total_variation
+from fastconv.visualize.optimize import alpha_norm, gaussian_blur, total_variation
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -329,6 +329,7 @@ def _features_up_to_relu3(model, x):
 
 
 def test_regularized_unit_maximization_raises_activation(lenet, capsys):
+    pytest.importorskip("tqdm")
     # ascent from zeros needs a unit that is on at the zero image (an off ReLU passes no gradient)
     at_zero = _features_up_to_relu3(lenet, np.zeros((1, 1, 32, 32), np.float32))[0, :, 5, 5]
     units = [int(u) for u in np.flatnonzero(at_zero > 0)[:2]]
@@ -357,6 +358,15 @@ def test_inversion_lowers_feature_distance_tenfold(lenet, digits):
     assert distance == pytest.approx(result.distances[-1], rel=1e-4)
     from_code = V.invert(lenet, "features.relu3", code=phi0, steps=100, progress=False)
     assert from_code.distances[-1] <= from_code.distances[0] / 10
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0, 2.0])
+def test_gaussian_blur_matches_scipy(sigma):
+    ndimage = pytest.importorskip("scipy.ndimage")
+    x = np.random.default_rng(1).normal(size=(2, 3, 9, 11))
+    # numpy's "reflect" padding (edge not repeated) is scipy's "mirror"; both truncate at 3 sigma here
+    expected = ndimage.gaussian_filter(x, (0, 0, sigma, sigma), mode="mirror", truncate=3.0)
+    np.testing.assert_allclose(gaussian_blur(x, sigma), expected, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("prior", ["alpha", "tv2", "tv1"])

@@ -107,6 +107,9 @@ def maximize(model, layer, units, positions=None, steps=200, lr=0.1, l2=0.05, de
     `lr` to 0 along half a cosine. For a layer with maps the
     unit is the one at `positions[u]` (default the map's centre).
 
+    A unit that is off at the start (its ReLU closed on the zero image) gets no gradient and stays off; start
+    such units from noise instead.
+
     The regularizers of Yosinski et al., applied after each step and off by default:
       decay                    I <- (1 - decay) I                         (L2 decay)
       blur_every, blur_sigma   Gaussian blur every `blur_every` steps
