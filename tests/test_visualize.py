@@ -644,6 +644,17 @@ def test_bad_input_names_the_choices(lenet):
         V.gradient_to_input(lenet, x[None], "features.c1", np.zeros((1, 6, 28, 28)), rule="backprop")
 
 
+def test_cli_reads_model_files_with_fastconv_load(tmp_path, monkeypatch):
+    path = tmp_path / "net.safetensors"
+    path.write_bytes(b"")
+    built = get_model("lenet5", seed=4)
+    monkeypatch.setattr(fastconv, "load", lambda p: built if p == str(path) else None, raising=False)
+    assert cli.load_model(str(path)) is built
+    named = cli.load_model("lenet5")        # not a file: a model of the zoo, seed 0
+    np.testing.assert_array_equal(named.state_dict()["features.c1.weight"],
+                                  get_model("lenet5", seed=0).state_dict()["features.c1.weight"])
+
+
 def test_cli_bad_input_is_a_clear_error(lenet, tmp_path, capsys):
     weights = tmp_path / "lenet.npz"
     np.savez(weights, **lenet.state_dict())

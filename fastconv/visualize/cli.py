@@ -51,7 +51,7 @@ def add_parser(subparsers):
                    help="a saved model file (read with fastconv.load) or the name of a fastconv.models model "
                         "(built with seed 0)")
     p.add_argument("--weights", metavar="FILE.npz",
-                   help="parameters to load into a named model: a .npz of model.state_dict()")
+                   help="parameters to load into a named model: a .npz of model.state_dict() (numpy.savez)")
     p.add_argument("--image", metavar="FILE",
                    help="the image to explain: a picture file (resized to the model's input) or a .npy array "
                         "(C, H, W) of exactly the model's input shape; default: the dataset's first image")
@@ -97,8 +97,8 @@ def load_model(spec, weights=None):
                              f"{', '.join(MODELS)}")
         model = get_model(spec, seed=0)
     if weights is not None:
-        with np.load(weights) as state:
-            model.load_state_dict({k: state[k] for k in state.files})
+        with np.load(weights) as state:  # a saved model's .npz also holds its "__metadata__"
+            model.load_state_dict({k: state[k] for k in state.files if k != "__metadata__"})
     return model
 
 
