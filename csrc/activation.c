@@ -5,13 +5,6 @@
 #include "fastconv/activation.h"
 #include "fastconv/threads.h"
 
-/* Below ~256K values a thread team costs more than it saves on a streaming loop. */
-static int team_size(const fc_context *ctx, int64_t n) {
-    int t = ctx->num_threads < 1 ? 1 : ctx->num_threads;
-    if (n < ((int64_t)1 << 18)) t = 1;
-    if (t > 1) fc_note_parallel_region();
-    return t;
-}
 
 /* The loops' parallel region over t threads. The `if` is limited to the parallel region: a bare `if` also
  * applies to `simd` and would turn vectorization off whenever one thread runs. */

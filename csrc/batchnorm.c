@@ -18,15 +18,6 @@
 #define FC_BN_LANES 16
 #define FC_BN_FLUSH 2048
 
-/* Threads for a parallel loop over `items` independent pieces of `total` values (notes the region for fork
- * safety when it is parallel). */
-static int fc_bn_threads(const fc_context *ctx, int64_t items, int64_t total) {
-    int64_t t = ctx->num_threads < 1 ? 1 : ctx->num_threads;
-    if (t > items) t = items;
-    if (total < FC_BN_MIN_PARALLEL || t < 1) t = 1;
-    if (t > 1) fc_note_parallel_region();
-    return (int)t;
-}
 
 #define T float
 #define PFX s

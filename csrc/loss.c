@@ -8,13 +8,6 @@
 /* Below this many values a thread team costs more than it saves. */
 #define FC_LOSS_MIN_PARALLEL ((int64_t)1 << 14)
 
-static int fc_loss_threads(const fc_context *ctx, int64_t rows, int64_t total) {
-    int64_t t = ctx->num_threads < 1 ? 1 : ctx->num_threads;
-    if (t > rows) t = rows;
-    if (total < FC_LOSS_MIN_PARALLEL || t < 1) t = 1;
-    if (t > 1) fc_note_parallel_region();
-    return (int)t;
-}
 
 static int fc_loss_check(const fc_softmax_desc *d, int64_t *total) {
     if (d->n < 0 || d->k < 0) return FC_ERR_ARG;

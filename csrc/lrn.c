@@ -12,13 +12,6 @@
 /* Below this many values a thread team costs more than it saves. */
 #define FC_LRN_MIN_PARALLEL ((int64_t)1 << 14)
 
-static int fc_lrn_threads(const fc_context *ctx, int64_t items, int64_t total) {
-    int64_t t = ctx->num_threads < 1 ? 1 : ctx->num_threads;
-    if (t > items) t = items;
-    if (total < FC_LRN_MIN_PARALLEL || t < 1) t = 1;
-    if (t > 1) fc_note_parallel_region();
-    return (int)t;
-}
 
 #define T float
 #define PFX s

@@ -55,15 +55,6 @@ static int check_sizes(const fc_pool2d_desc *d, int with_output) {
 /* Marks a variable that only OpenMP pragmas read (unused in a serial build). */
 #define FC_OMP_ONLY __attribute__((unused))
 
-/* Threads for a pass over `planes` planes touching `elements` values: one below ~64K values, where waking a team
- * costs more than the work. Notes the parallel region when it will be multi-threaded. */
-static int team_size(const fc_context *ctx, int64_t planes, int64_t elements) {
-    int t = ctx->num_threads < 1 ? 1 : ctx->num_threads;
-    if (elements < ((int64_t)1 << 16)) t = 1;
-    if (planes < t) t = planes < 1 ? 1 : (int)planes;
-    if (t > 1) fc_note_parallel_region();
-    return t;
-}
 
 /* Whether the window offsets i * W + j (i < kernel_h) are exact in float, as the vectorized max pooling keeps
  * them: kernel_h * W < 2^24, tested without overflowing. */

@@ -107,3 +107,11 @@ const char *fc_num_threads_source(void) {
 
 int fastconv_get_num_threads(void) { return fc_get_num_threads(); }
 void fastconv_set_num_threads(int n) { fc_set_num_threads(n); }
+
+int fc_team_size(const fc_context *ctx, int64_t items, int64_t work, int64_t min_work) {
+    int64_t t = ctx->num_threads < 1 ? 1 : ctx->num_threads;
+    if (work < min_work) t = 1;
+    if (t > items) t = items < 1 ? 1 : items;
+    if (t > 1) fc_note_parallel_region();
+    return (int)t;
+}

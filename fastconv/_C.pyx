@@ -25,8 +25,8 @@ def cpu_features():
     cdef const fc_cpu_features *f = fc_cpu()
     return {"x86_64": bool(f.x86), "avx2_fma": bool(f.avx2), "avx512f": bool(f.avx512f),
             "avx512dq": bool(f.avx512dq), "avx512bw": bool(f.avx512bw), "avx512vl": bool(f.avx512vl),
-            "vendor": f.vendor.decode("ascii", "replace"),
-            "brand": f.brand.decode("ascii", "replace").strip()}
+            "vendor": (<const char *>f.vendor).decode("ascii", "replace"),
+            "brand": (<const char *>f.brand).decode("ascii", "replace").strip()}
 
 
 cdef dict _arch_info(const fc_arch_row *a):

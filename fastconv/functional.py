@@ -19,8 +19,10 @@ def _as_float_array(x, name):
         if x.dtype.kind in "iub":  # python lists of ints: use float64 as NumPy would
             x = x.astype(np.float64)
     if x.dtype not in _FLOATS:
+        if x.dtype.kind == "f" and x.dtype.newbyteorder("=") in _FLOATS:  # byte-swapped float32/float64
+            return np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("="))
         raise TypeError(f"{name} must be float32 or float64, got dtype {x.dtype} (shape {x.shape})")
-    if any(s % x.itemsize for s in x.strides):  # unaligned strides (e.g. views into structured arrays)
+    if not x.flags.aligned:  # strides that are not whole elements (views into structured arrays)
         x = np.ascontiguousarray(x)
     return x
 

@@ -534,7 +534,7 @@ OVERFLOW_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_huge_sizes_raise_cleanly():
+def test_huge_sizes_raise_cleanly(tmp_path):
     """Sizes whose buffers or int64 index arithmetic would overflow raise ValueError/MemoryError, never crash.
 
     Run in a child process limited to 4 GiB of address space, so a missing check cannot take the machine's
@@ -542,8 +542,10 @@ def test_huge_sizes_raise_cleanly():
     """
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(fastconv.__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+    # cwd outside the checkout: `python -c` puts the cwd first on sys.path, and an unbuilt source tree there
+    # would shadow the installed package
     result = subprocess.run([sys.executable, "-c", OVERFLOW_SCRIPT], capture_output=True, text=True, timeout=120,
-                            env=env)
+                            env=env, cwd=tmp_path)
     assert result.returncode == 0, f"child died (return code {result.returncode}):\n{result.stdout}\n{result.stderr}"
     lines = result.stdout.split("\n")
     for name in ("huge_x", "x_elements_overflow", "huge_weight", "huge_channels", "huge_backward",

@@ -36,9 +36,13 @@ MODELS = {
 
 
 def get_model(name, **options):
-    """Build model `name` (a key of MODELS; case and '_'/'-' do not matter) with the builder's `options`."""
+    """Build model `name` (a key of MODELS; case and '_'/'-' do not matter) with the builder's `options`.
+
+    The model remembers how it was built: ``model.arch = {"name": <MODELS key>, "options": options}``, which
+    fastconv.io.save records so that fastconv.load can rebuild it."""
     key = str(name).lower().replace("_", "-")
     builders = {k.replace("_", "-"): b for k, b in MODELS.items()}
+    canonical = {k.replace("_", "-"): k for k in MODELS}
     if key not in builders:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
     builder = builders[key]
@@ -46,7 +50,9 @@ def get_model(name, **options):
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise TypeError(f"model {name!r} does not take option(s) {unknown}; it takes {list(accepted)}")
-    return builder(**options)
+    model = builder(**options)
+    model.arch = {"name": canonical[key], "options": dict(options)}
+    return model
 
 
 __all__ = ["MODELS", "get_model", "lenet5", "alexnet", "zfnet", "vgg", "vgg11", "vgg13", "vgg16", "vgg19",

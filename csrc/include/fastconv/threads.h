@@ -2,6 +2,8 @@
 #ifndef FASTCONV_THREADS_H
 #define FASTCONV_THREADS_H
 
+#include "fastconv/base.h"
+
 int fc_have_openmp(void);
 int fc_get_num_threads(void);
 /* n >= 1; returns the previous value. */
@@ -10,6 +12,11 @@ int fc_set_num_threads(int n);
 const char *fc_num_threads_source(void);
 /* CPUs this process may run on (sched_getaffinity where available). */
 int fc_cpu_count(void);
+
+/* Threads for a parallel loop over `items` independent pieces touching `work` values: one below `min_work`
+ * (waking a team costs more than it saves), never more than `items`. Notes the region for fork safety when it
+ * will be multi-threaded. */
+int fc_team_size(const fc_context *ctx, int64_t items, int64_t work, int64_t min_work);
 
 /* Kernels call this before opening a parallel region with more than one thread (see threads.c: fork). */
 void fc_note_parallel_region(void);
