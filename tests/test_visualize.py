@@ -2,6 +2,7 @@
 finite differences, receptive fields by hand and by gradient support, planted patterns, and file checks."""
 import argparse
 import html.parser
+import json
 import os
 
 import numpy as np
@@ -644,12 +645,18 @@ def test_bad_input_names_the_choices(lenet):
         V.gradient_to_input(lenet, x[None], "features.c1", np.zeros((1, 6, 28, 28)), rule="backprop")
 
 
-def test_cli_reads_model_files_with_fastconv_load(tmp_path, monkeypatch):
-    path = tmp_path / "net.safetensors"
-    path.write_bytes(b"")
-    built = get_model("lenet5", seed=4)
-    monkeypatch.setattr(fastconv, "load", lambda p: built if p == str(path) else None, raising=False)
-    assert cli.load_model(str(path)) is built
+def test_cli_reads_saved_models(lenet, tmp_path, capsys):
+    path = tmp_path / "lenet5-digits.safetensors"
+    fastconv.save(lenet, path, metadata={"classes": json.dumps([f"digit {k}" for k in range(10)])})
+    loaded = cli.load_model(str(path))
+    np.testing.assert_array_equal(loaded.state_dict()["classifier.output.weight"],
+                                  lenet.state_dict()["classifier.output.weight"])
+    out = tmp_path / "out"
+    argv = ["visualize", "saliency", "--model", str(path), "-o", str(out), "--images", "5", "--no-progress"]
+    assert cli.run(_parse(argv)) == 0
+    assert _png_size(out / "saliency.png") == (280, 144)
+    assert cli.run(_parse(argv + ["--class", "10"])) == 2
+    assert "numbered 0..9 (digit 0, digit 1," in capsys.readouterr().err   # names from the file's metadata
     named = cli.load_model("lenet5")        # not a file: a model of the zoo, seed 0
     np.testing.assert_array_equal(named.state_dict()["features.c1.weight"],
                                   get_model("lenet5", seed=0).state_dict()["features.c1.weight"])

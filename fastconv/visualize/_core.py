@@ -13,6 +13,7 @@ restored on exit, exceptions included.
 """
 import contextlib
 import difflib
+import json
 
 import numpy as np
 
@@ -45,6 +46,18 @@ def get_layer(model, name):
     hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
     shown = names if len(names) <= 60 else names[:60] + [f"... and {len(names) - 60} more"]
     raise ValueError(f"unknown layer {name!r}{hint}; the layers of {model_name(model)} are: {', '.join(shown)}")
+
+
+def class_names(model):
+    """The model's class names: its ``classes`` attribute, or the JSON list "classes" of the metadata a saved
+    model was loaded with (fastconv.load); None when it has neither."""
+    names = getattr(model, "classes", None)
+    if names is None:
+        try:
+            names = json.loads(getattr(model, "metadata", {}).get("classes", "null"))
+        except (TypeError, ValueError, AttributeError):
+            names = None
+    return list(names) if isinstance(names, (list, tuple)) else None
 
 
 def model_dtype(model):
@@ -100,7 +113,7 @@ def check_class(model, target, num_classes):
     them)."""
     if isinstance(target, (bool, np.bool_)) or not isinstance(target, (int, np.integer)) or \
             not 0 <= target < num_classes:
-        names = getattr(model, "classes", None)
+        names = class_names(model)
         named = f" ({', '.join(map(str, names))})" if names is not None and len(names) <= 20 else ""
         raise ValueError(f"class {target!r} is out of range: {model_name(model)} has {num_classes} classes, "
                          f"numbered 0..{num_classes - 1}{named}")

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..data import ImageFolder
 from ..data import read_image as read_picture
+from ..io import load
 from ..models import MODELS, get_model
 from . import images as pic
 from ._core import RULES, check_images, check_unit, get_layer, input_shape_of, output_shapes, score_layer
@@ -48,8 +49,8 @@ def add_parser(subparsers):
     p.add_argument("technique", choices=list(TECHNIQUES), metavar="TECHNIQUE",
                    help="one of: " + ", ".join(TECHNIQUES))
     p.add_argument("--model", required=True, metavar="PATH",
-                   help="a saved model file (read with fastconv.load) or the name of a fastconv.models model "
-                        "(built with seed 0)")
+                   help="a model file written by fastconv train / fastconv.save, or the name of a fastconv.models "
+                        "model (built with seed 0)")
     p.add_argument("--weights", metavar="FILE.npz",
                    help="parameters to load into a named model: a .npz of model.state_dict() (numpy.savez)")
     p.add_argument("--image", metavar="FILE",
@@ -83,12 +84,9 @@ def run(args):
 # --------------------------------------------------------------------------------------------- inputs
 
 def load_model(spec, weights=None):
-    """A model from a file (fastconv.load) or a fastconv.models name (seed 0), with optional .npz weights."""
+    """A model from a file saved by fastconv.save (fastconv.load rebuilds it) or a fastconv.models name (built
+    with seed 0), with optional .npz weights loaded into it."""
     if os.path.isfile(spec):
-        load = _model_loader()
-        if load is None:
-            raise ValueError(f"--model {spec}: reading model files needs fastconv.load, which this build lacks; "
-                             f"give a model name and --weights FILE.npz")
         model = load(spec)
     else:
         key = spec.lower().replace("_", "-")
@@ -100,18 +98,6 @@ def load_model(spec, weights=None):
         with np.load(weights) as state:  # a saved model's .npz also holds its "__metadata__"
             model.load_state_dict({k: state[k] for k in state.files if k != "__metadata__"})
     return model
-
-
-def _model_loader():
-    import fastconv
-    load = getattr(fastconv, "load", None)
-    if load is None:
-        try:
-            from .. import io
-            load = getattr(io, "load", None)
-        except ImportError:
-            load = None
-    return load
 
 
 def read_image(model, path):

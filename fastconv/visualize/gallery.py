@@ -15,8 +15,8 @@ import numpy as np
 from .. import nn
 from ..models.googlenet import SideBranch
 from . import images as pic
-from ._core import (RULES, check_images, forward_to, get_layer, input_shape_of, model_name, output_shapes,
-                    score_layer)
+from ._core import (RULES, check_images, class_names, forward_to, get_layer, input_shape_of, model_name,
+                    output_shapes, score_layer)
 from .embedding import embed, scatter_plot, thumbnail_map
 from .filters import conv_layers, filter_grid
 from .gradients import neuron_backward, saliency
@@ -152,9 +152,9 @@ def write_gallery(model, out_dir, images=None, labels=None, label_names=None, ex
     x = check_images(model, images)
     scores_at = score_layer(model)
     num_classes = output_shapes(model, shape)[scores_at][1]
-    class_names = getattr(model, "classes", None)  # the model's own, when it records them
-    if class_names is not None and len(class_names) != num_classes:
-        class_names = None
+    names = class_names(model)
+    if names is not None and len(names) != num_classes:
+        names = None
     layers = map_layers(model, shape)
     w = _Writer(out_dir)
     scale = pic.auto_scale(shape[1])
@@ -196,7 +196,7 @@ def write_gallery(model, out_dir, images=None, labels=None, label_names=None, ex
     # occlusion, saliency, the three rules, each on the example images
     for k, image in enumerate(examples):
         occ = occlusion(model, image)
-        label = class_names[occ.target] if class_names is not None else occ.target
+        label = names[occ.target] if names is not None else occ.target
         w.add("Occlusion", f"image {k}", f"occlusion_{k}.png",
               pic.side_by_side([shows[k], pic.overlay(shows[k], pic.rescale(occ.pixel_map))]), scale,
               f"probability of class {label} (unoccluded {occ.base:.2f}, lowest {occ.probs.min():.2f}) as a "
