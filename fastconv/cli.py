@@ -20,6 +20,8 @@ def main(argv=None):
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--format", choices=("text", "md", "csv"), default="text")
     _add_train_parsers(sub)
+    from .visualize import cli as visualize_cli
+    visualize_cli.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -32,6 +34,8 @@ def main(argv=None):
         return _summary(args, parser)
     if args.command in ("train", "evaluate", "predict"):
         return {"train": _train, "evaluate": _evaluate, "predict": _predict}[args.command](args, parser)
+    if args.command == "visualize":
+        return visualize_cli.run(args)
     return 2
 
 
