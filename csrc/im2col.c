@@ -3,6 +3,11 @@
 
 #include "fastconv/im2col.h"
 
+/* Pixel runs a packing call can hold: a B panel is at most 64 columns wide (forward), and the transposed
+ * operand's rows are processed in chunks of this many pixels (weight gradient). */
+#define FC_MAX_NR_PACK 64
+#define FC_MAX_KC_PACK 512
+
 /* Range [lo, hi) of output columns ox whose input column ox*sw + off lies inside [0, w). */
 static inline void valid_ox(int64_t off, int64_t sw, int64_t w, int64_t ow, int64_t *lo, int64_t *hi) {
     int64_t l = off >= 0 ? 0 : (-off + sw - 1) / sw;
@@ -13,57 +18,63 @@ static inline void valid_ox(int64_t off, int64_t sw, int64_t w, int64_t ow, int6
     *hi = h;
 }
 
+/* A run of consecutive output pixels within one output row of one image: the unit the packing loops copy. */
+typedef struct fc_pixel_run {
+    int64_t img_off; /* x offset of the image */
+    int64_t oy, ox0, len;
+    int64_t pos;     /* index of the run's first pixel among the pixels being packed */
+} fc_pixel_run;
+
+/* Split the pixels [j, j + cnt) (numbered over images, as fc_im2col_src) into runs; at most `cap` runs. */
+static int64_t pixel_runs(const fc_im2col_src *s, int64_t j, int64_t cnt, fc_pixel_run *runs, int64_t cap) {
+    const fc_conv2d_desc *d = s->d;
+    int64_t p = d->oh * d->ow, img = j / p, q = j % p, oy = q / d->ow, ox = q % d->ow, n = 0;
+    for (int64_t done = 0; done < cnt && n < cap;) {
+        int64_t len = d->ow - ox < cnt - done ? d->ow - ox : cnt - done;
+        runs[n].img_off = img * s->img_stride;
+        runs[n].oy = oy;
+        runs[n].ox0 = ox;
+        runs[n].len = len;
+        runs[n].pos = done;
+        n++;
+        done += len;
+        ox = 0;
+        if (++oy == d->oh) {
+            oy = 0;
+            img++;
+        }
+    }
+    return n;
+}
+
+/* Valid output-column range of every kernel column kj (kw <= FC_MAX_KW), computed once per packing call. */
+#define FC_MAX_KW 64
+static void valid_ranges(const fc_conv2d_desc *d, int64_t *lo, int64_t *hi) {
+    for (int64_t kj = 0; kj < d->kw && kj < FC_MAX_KW; kj++) valid_ox(kj * d->dw - d->pw, d->sw, d->w, d->ow, &lo[kj], &hi[kj]);
+}
+
+/* The column-matrix row (ci, ki, kj) over a list of pixel runs: dst[run.pos + i] (scaled by ds) for each run. */
 #define FC_DEFINE_IM2COL(T, PFX)                                                                                 \
-    /* dst[i * ds] = column-matrix row (ki, kj) of channel plane xc at pixels p0 .. p0+cnt-1 */                   \
-    static void PFX##im2col_row(const T *xc, const fc_conv2d_desc *d, int64_t ki, int64_t kj, int64_t p0,         \
-                                int64_t cnt, T *FC_RESTRICT dst, int64_t ds) {                                    \
-        int64_t oy = p0 / d->ow, ox = p0 % d->ow;                                                                 \
-        int64_t off = kj * d->dw - d->pw, lo, hi;                                                                 \
-        if (ds == 1 && d->sw == 1 && d->sh == 1 && off == 0 && d->ow == d->w) {                                    \
-            /* output rows map onto whole input rows (1x1 kernels, unpadded columns): one run across rows */     \
-            int64_t dy_ = ki * d->dh - d->ph, iy0 = oy + dy_, iy1 = (p0 + cnt - 1) / d->ow + dy_;                 \
-            if (iy0 >= 0 && iy1 < d->h) {                                                                         \
-                memcpy(dst, xc + p0 + dy_ * d->w, (size_t)cnt * sizeof(T));                                       \
-                return;                                                                                           \
-            }                                                                                                     \
-        }                                                                                                         \
-        valid_ox(off, d->sw, d->w, d->ow, &lo, &hi);                                                              \
-        for (int64_t i = 0; i < cnt;) {                                                                           \
-            int64_t run = d->ow - ox < cnt - i ? d->ow - ox : cnt - i;                                            \
-            int64_t iy = oy * d->sh - d->ph + ki * d->dh;                                                         \
-            T *o = dst + i * ds;                                                                                  \
-            int64_t a = ox, b = ox + run;                                                                         \
+    static inline void PFX##copy_runs(const T *xc, const fc_conv2d_desc *d, int64_t ki, int64_t kj, int64_t lo,   \
+                                      int64_t hi, const fc_pixel_run *runs, int64_t nruns, T *FC_RESTRICT dst,    \
+                                      int64_t ds) {                                                               \
+        int64_t off = kj * d->dw - d->pw, ky = ki * d->dh - d->ph;                                                \
+        for (int64_t r = 0; r < nruns; r++) {                                                                     \
+            int64_t a = runs[r].ox0, b = a + runs[r].len, iy = runs[r].oy * d->sh + ky;                           \
+            T *o = dst + runs[r].pos * ds - a * ds; /* o[q * ds] is output column q */                            \
             if (iy < 0 || iy >= d->h) {                                                                           \
-                for (int64_t q = 0; q < run; q++) o[q * ds] = 0;                                                  \
-            } else {                                                                                              \
-                const T *row = xc + iy * d->w + off;                                                              \
-                int64_t qs = a > lo ? a : lo, qe = b < hi ? b : hi;                                               \
-                for (int64_t q = a; q < (b < lo ? b : lo); q++) o[(q - a) * ds] = 0;                              \
-                if (qs < qe) {                                                                                    \
-                    if (ds == 1 && d->sw == 1)                                                                    \
-                        memcpy(o + (qs - a), row + qs, (size_t)(qe - qs) * sizeof(T));                            \
-                    else                                                                                          \
-                        for (int64_t q = qs; q < qe; q++) o[(q - a) * ds] = row[q * d->sw];                       \
-                }                                                                                                 \
-                for (int64_t q = a > hi ? a : hi; q < b; q++) o[(q - a) * ds] = 0;                                \
+                for (int64_t q = a; q < b; q++) o[q * ds] = 0;                                                    \
+                continue;                                                                                         \
             }                                                                                                     \
-            i += run;                                                                                             \
-            ox = 0;                                                                                               \
-            oy++;                                                                                                 \
-        }                                                                                                         \
-    }                                                                                                             \
-                                                                                                                  \
-    /* the same for columns j .. j+cnt-1 running over images */                                                   \
-    static void PFX##im2col_cols(const fc_im2col_src *s, int64_t ci, int64_t ki, int64_t kj, int64_t j,           \
-                                 int64_t cnt, T *FC_RESTRICT dst, int64_t ds) {                                   \
-        const fc_conv2d_desc *d = s->d;                                                                           \
-        int64_t p = d->oh * d->ow;                                                                                \
-        while (cnt > 0) {                                                                                         \
-            int64_t img = j / p, q = j % p, run = p - q < cnt ? p - q : cnt;                                      \
-            PFX##im2col_row((const T *)s->x + img * s->img_stride + ci * d->h * d->w, d, ki, kj, q, run, dst, ds); \
-            dst += run * ds;                                                                                      \
-            j += run;                                                                                             \
-            cnt -= run;                                                                                           \
+            const T *row = xc + runs[r].img_off + iy * d->w + off;                                                \
+            int64_t qs = a > lo ? a : lo, qe = b < hi ? b : hi;                                                   \
+            for (int64_t q = a; q < (b < lo ? b : lo); q++) o[q * ds] = 0;                                        \
+            if (ds == 1 && d->sw == 1) {                                                                          \
+                for (int64_t q = qs; q < qe; q++) o[q] = row[q];                                                  \
+            } else {                                                                                              \
+                for (int64_t q = qs; q < qe; q++) o[q * ds] = row[q * d->sw];                                     \
+            }                                                                                                     \
+            for (int64_t q = a > hi ? a : hi; q < b; q++) o[q * ds] = 0;                                          \
         }                                                                                                         \
     }                                                                                                             \
                                                                                                                   \
@@ -71,32 +82,71 @@ static inline void valid_ox(int64_t off, int64_t sw, int64_t w, int64_t ow, int6
                                  T *FC_RESTRICT dst) {                                                            \
         const fc_im2col_src *s = (const fc_im2col_src *)src;                                                      \
         const fc_conv2d_desc *d = s->d;                                                                           \
-        int64_t khw = d->kh * d->kw;                                                                              \
+        const T *x = (const T *)s->x;                                                                             \
+        int64_t khw = d->kh * d->kw, plane = d->h * d->w, lo[FC_MAX_KW], hi[FC_MAX_KW];                           \
+        fc_pixel_run runs[FC_MAX_NR_PACK];                                                                        \
+        valid_ranges(d, lo, hi);                                                                                  \
         for (int64_t jp = 0; jp < nc; jp += nr) {                                                                 \
             int64_t wd = nc - jp < nr ? nc - jp : nr, wpad = (wd + vl - 1) / vl * vl;                              \
+            int64_t nruns = pixel_runs(s, j0 + jp, wd, runs, FC_MAX_NR_PACK);                                     \
             T *pd = dst + jp * kc;                                                                                \
+            int64_t ci = k0 / khw, ki = (k0 % khw) / d->kw, kj = k0 % d->kw;                                      \
             for (int64_t p = 0; p < kc; p++) {                                                                    \
-                int64_t r = k0 + p, ci = r / khw, ki = (r % khw) / d->kw, kj = r % d->kw;                          \
-                PFX##im2col_cols(s, ci, ki, kj, j0 + jp, wd, pd + p * wpad, 1);                                   \
+                int64_t l, h;                                                                                     \
+                if (kj < FC_MAX_KW) {                                                                             \
+                    l = lo[kj];                                                                                   \
+                    h = hi[kj];                                                                                   \
+                } else {                                                                                          \
+                    valid_ox(kj * d->dw - d->pw, d->sw, d->w, d->ow, &l, &h);                                     \
+                }                                                                                                 \
+                PFX##copy_runs(x + ci * plane, d, ki, kj, l, h, runs, nruns, pd + p * wpad, 1);                   \
                 for (int64_t j = wd; j < wpad; j++) pd[p * wpad + j] = 0;                                         \
+                if (++kj == d->kw) {                                                                              \
+                    kj = 0;                                                                                       \
+                    if (++ki == d->kh) {                                                                          \
+                        ki = 0;                                                                                   \
+                        ci++;                                                                                     \
+                    }                                                                                             \
+                }                                                                                                 \
             }                                                                                                     \
         }                                                                                                         \
     }                                                                                                             \
                                                                                                                   \
     void fc_##PFX##pack_b_im2col_t(const void *src, int64_t k0, int64_t kc, int64_t j0, int64_t nc, int nr,       \
                                    int vl, T *FC_RESTRICT dst) {                                                  \
-        const fc_im2col_src *s = (const fc_im2col_src *)src;                                                     \
+        const fc_im2col_src *s = (const fc_im2col_src *)src;                                                      \
         const fc_conv2d_desc *d = s->d;                                                                           \
-        int64_t khw = d->kh * d->kw;                                                                              \
-        for (int64_t jp = 0; jp < nc; jp += nr) {                                                                 \
-            int64_t wd = nc - jp < nr ? nc - jp : nr, wpad = (wd + vl - 1) / vl * vl;                              \
-            T *pd = dst + jp * kc;                                                                                \
-            for (int64_t j = 0; j < wd; j++) {                                                                    \
-                int64_t r = j0 + jp + j, ci = r / khw, ki = (r % khw) / d->kw, kj = r % d->kw;                     \
-                PFX##im2col_cols(s, ci, ki, kj, k0, kc, pd + j, wpad);                                            \
+        const T *x = (const T *)s->x;                                                                             \
+        int64_t khw = d->kh * d->kw, plane = d->h * d->w, lo[FC_MAX_KW], hi[FC_MAX_KW];                           \
+        fc_pixel_run runs[FC_MAX_KC_PACK];                                                                        \
+        valid_ranges(d, lo, hi);                                                                                  \
+        for (int64_t p0 = 0; p0 < kc; p0 += FC_MAX_KC_PACK) { /* rows (pixels) in chunks the run table holds */  \
+            int64_t pc = kc - p0 < FC_MAX_KC_PACK ? kc - p0 : FC_MAX_KC_PACK;                                     \
+            int64_t nruns = pixel_runs(s, k0 + p0, pc, runs, FC_MAX_KC_PACK);                                     \
+            for (int64_t jp = 0; jp < nc; jp += nr) {                                                             \
+                int64_t wd = nc - jp < nr ? nc - jp : nr, wpad = (wd + vl - 1) / vl * vl;                          \
+                T *pd = dst + jp * kc + p0 * wpad;                                                                \
+                int64_t r0 = j0 + jp, ci = r0 / khw, ki = (r0 % khw) / d->kw, kj = r0 % d->kw;                    \
+                for (int64_t j = 0; j < wd; j++) {                                                                \
+                    int64_t l, h;                                                                                 \
+                    if (kj < FC_MAX_KW) {                                                                         \
+                        l = lo[kj];                                                                               \
+                        h = hi[kj];                                                                               \
+                    } else {                                                                                      \
+                        valid_ox(kj * d->dw - d->pw, d->sw, d->w, d->ow, &l, &h);                                 \
+                    }                                                                                             \
+                    PFX##copy_runs(x + ci * plane, d, ki, kj, l, h, runs, nruns, pd + j, wpad);                   \
+                    if (++kj == d->kw) {                                                                          \
+                        kj = 0;                                                                                   \
+                        if (++ki == d->kh) {                                                                      \
+                            ki = 0;                                                                               \
+                            ci++;                                                                                 \
+                        }                                                                                         \
+                    }                                                                                             \
+                }                                                                                                 \
+                for (int64_t p = 0; p < pc; p++)                                                                  \
+                    for (int64_t j = wd; j < wpad; j++) pd[p * wpad + j] = 0;                                     \
             }                                                                                                     \
-            for (int64_t p = 0; p < kc; p++)                                                                      \
-                for (int64_t j = wd; j < wpad; j++) pd[p * wpad + j] = 0;                                         \
         }                                                                                                         \
     }                                                                                                             \
                                                                                                                   \
