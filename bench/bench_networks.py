@@ -11,8 +11,8 @@ dynamic batch). All three run in the same process, cell after cell, at each thre
                  fastconv: model.train(), no input gradient for the first layer, fastconv.optim.SGD;
                  torch: train(), zero_grad(set_to_none=True), F.cross_entropy, torch.optim.SGD
 
-Each cell: one untimed warm-up call, then timed calls until the budget is spent (at least 3); the median is
-reported. eff GFLOP/s = (2 for inference, 6 for training) x MACs x batch / median time, the MACs being those
+Each cell, one library after the other: one untimed warm-up call, then timed calls until the budget is spent
+(at least 3); the median is reported. eff GFLOP/s = (2 for inference, 6 for training) x MACs x batch / median time, the MACs being those
 of the conv and linear layers from fastconv.analyze.summary (the convention of /work/shared/perf-anchors.md).
 Ratios are in images/s: fastconv / torch and fastconv / onnxruntime, > 1 means fastconv is faster. The
 warm-up results are checked: inference logits of fastconv and onnxruntime against torch, and the first
@@ -242,7 +242,7 @@ def run_network(name, plan, threads, budget, use_torch, use_onnx, records, check
     checked = set()
     libs_run = 1 + (net.torch_model is not None) + (net.onnx_path is not None)
     for n in threads:
-        session = ort_session(net.onnx_path, n) if net.onnx_path else None
+        session = ort_session(net.onnx_path, n) if net.onnx_path and plan.get("infer") else None
         with all_threads(n):
             for mode in MODES:
                 for batch in plan.get(mode, ()):
@@ -255,15 +255,17 @@ def run_network(name, plan, threads, budget, use_torch, use_onnx, records, check
                         print(f"<!-- skipped {name} {mode} batch {batch} at {n} threads: {reason} -->", flush=True)
                         continue
                     x, labels = net.batch(batch)
-                    timings = {}
-                    for lib, fn in cell_callables(net, mode, x, labels, session).items():
-                        timings[lib] = measure(fn, budget=budget, min_repeats=3)
+                    # one library after the other: taking turns call by call would leave each library's
+                    # spinning OpenMP / thread-pool workers competing with the next one's for the cores
+                    timings = {lib: measure(fn, budget=budget, min_repeats=3)
+                               for lib, fn in cell_callables(net, mode, x, labels, session).items()}
                     flop = FLOPS_PER_MAC[mode] * net.macs * batch
                     cell = {}
                     for lib, t in timings.items():
                         cell[lib] = {"net": name, "mode": mode, "batch": batch, "threads": n, "lib": lib,
                                      "samples_ms": [1e3 * s for s in t.samples], "median_ms": t.median_ms,
-                                     "images_per_s": batch / t.median, "gflops": flop / t.median / 1e9}
+                                     "images_per_s": batch / t.median, "gflops": flop / t.median / 1e9,
+                                     "load_1m": (load_average() or [None])[0]}
                         records.append(cell[lib])
                     if mode not in checked:  # the first cell of each mode: no library has trained yet
                         checks.extend(check_cell(name, mode, batch, n, timings, net.dropout))

@@ -125,8 +125,9 @@ def render_markdown(data, png=None, md_dir=None):
               "- Training step: zero_grad + forward + softmax cross-entropy + backward + SGD update (lr 1e-3, no "
               "momentum). fastconv: `model.train()`, no gradient for the input images, `fastconv.optim.SGD`; "
               "torch: `train()`, `zero_grad(set_to_none=True)`, `F.cross_entropy`, `torch.optim.SGD`.",
-              f"- Each cell: one untimed warm-up call, then timed calls until ~{settings.get('budget_s')} s are spent "
-              f"(at least {settings.get('min_repeats', 3)}); the median is shown. Thread counts "
+              f"- Each cell, one library after the other: one untimed warm-up call, then timed calls until "
+              f"~{settings.get('budget_s')} s are spent (at least {settings.get('min_repeats', 3)}); the median is "
+              f"shown. Thread counts "
               f"{', '.join(map(str, settings.get('threads', [])))} set for all libraries at once.",
               "- eff GFLOP/s = 2 (inference) or 6 (training) x MACs x batch / median time, MACs of the conv and "
               "linear layers from `fastconv.analyze.summary` (padded taps included).",
@@ -165,6 +166,27 @@ def render_markdown(data, png=None, md_dir=None):
     if data.get("layers"):
         lines += _layers_section(data["layers"])
     return "\n".join(lines).rstrip() + "\n"
+
+
+def render_summary(data, link="docs/performance.md"):
+    """A short section for the README: the fastconv / peer ratios of every cell, the machine and the versions,
+    and a link to the full report."""
+    m, v = data["environment"].get("machine", {}), data["environment"].get("versions", {})
+    is_loaded, load_text = loaded(data)
+    rows = []
+    for net, mode, batch, threads, cell in cells(data):
+        vs_torch, vs_ort = ratios(cell)
+        rows.append([net, MODE_LABEL[mode], batch, threads, _fmt(cell.get("fastconv", {}).get("images_per_s")),
+                     _fmt(vs_torch, 2), _fmt(vs_ort, 2)])
+    lines = ["## Performance", "",
+             f"Images/s of fastconv and its ratio to PyTorch and onnxruntime (> 1: fastconv faster) on {m.get('cpu')}, "
+             f"{m.get('cpus_usable')} CPUs, {m.get('date')}; fastconv {v.get('fastconv')}, torch {v.get('torch')}, "
+             f"onnxruntime {v.get('onnxruntime')}, numpy {v.get('numpy')}."
+             + (f" Measured on a loaded shared machine ({load_text}): read the ratios." if is_loaded else ""),
+             "", _table(["net", "mode", "batch", "threads", "fastconv img/s", "/ torch", "/ onnxruntime"], rows), "",
+             f"Method, per-layer figures and chart: [{link}]({link}) (`bench/bench_networks.py`, `bench/report.py`).",
+             ""]
+    return "\n".join(lines)
 
 
 def _checks_section(data):
@@ -296,11 +318,15 @@ def main(argv=None):
     p.add_argument("json", help="the file written by bench_networks.py --json")
     p.add_argument("--md", metavar="PATH", help="markdown report to write (default: print it)")
     p.add_argument("--png", metavar="PATH", help="bar chart to write (needs matplotlib)")
+    p.add_argument("--summary", action="store_true", help="print the short README section instead of the report")
     args = p.parse_args(argv)
     with open(args.json) as f:
         data = json.load(f)
     if data.get("benchmark") != "bench_networks":
         p.error(f"{args.json} is not a bench_networks.py --json file")
+    if args.summary:
+        sys.stdout.write(render_summary(data))
+        return 0
     if args.png:
         write_png(data, args.png)
     if args.md:
