@@ -19,7 +19,8 @@ def add_parser(subparsers):
     """Register `bench` on the fastconv command's subparsers; every following argument goes to the script."""
     # prefix_chars no option starts with: argparse then hands "--quick", "--help", ... through untouched
     p = subparsers.add_parser(
-        "bench", add_help=False, prefix_chars="\x00", help="whole-network benchmark vs PyTorch and onnxruntime (needs a source checkout)",
+        "bench", add_help=False, prefix_chars="\x00",
+        help="whole-network benchmark vs PyTorch and onnxruntime (needs a source checkout)",
         description="Run bench/bench_networks.py of a fastconv source checkout; `fastconv bench --help` lists "
                     "its options.")
     p.add_argument("bench_args", nargs="*", help="arguments for bench/bench_networks.py")
@@ -54,6 +55,6 @@ def run(args):
     if argv[:1] == ["--"]:
         argv = argv[1:]
     try:
-        return bench_networks.main(argv)
+        return bench_networks.main(argv, prog="fastconv bench")
     except SystemExit as e:  # argparse's --help and usage errors
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)

@@ -214,3 +214,49 @@ def test_bench_without_a_checkout_explains_and_fails(monkeypatch, capsys):
 def test_bench_usage_error_is_an_exit_status(capsys):
     assert benchcli.run(argparse.Namespace(bench_args=["--nets", "no-such-net"])) == 2
     assert "no-such-net" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ report.py
+
+def _synthetic_run(load):
+    def rec(lib, mode, ips):
+        return {"net": "alexnet", "mode": mode, "batch": 8, "threads": 1, "lib": lib, "median_ms": 8e3 / ips,
+                "images_per_s": ips, "gflops": 1.0, "samples_ms": [8e3 / ips] * 3}
+    return {"benchmark": "bench_networks",
+            "environment": {"fastconv_arch": "avx512", "openmp": True, "versions": {"fastconv": "0.1.0"},
+                            "machine": {"cpu": "Test CPU", "cpu_count": 2, "cpus_usable": 2, "date": "today",
+                                        "load_average": [load, load, load]},
+                            "load_average_end": [load, load, load]},
+            "settings": {"budget_s": 1.0, "min_repeats": 3, "threads": [1], "quick": True, "check_tol": 1e-3},
+            "networks": {"alexnet": {"params": 5, "macs_per_image": 1e9, "input_shape": [3, 227, 227],
+                                     "dropout": True}},
+            "records": [rec("fastconv", "infer", 100.0), rec("torch", "infer", 50.0),
+                        rec("onnxruntime", "infer", 200.0), rec("fastconv", "train", 30.0),
+                        rec("torch", "train", 20.0)],
+            "checks": [{"net": "alexnet", "mode": "infer", "batch": 8, "threads": 1, "lib": "fastconv",
+                        "error": 0.5}],
+            "skipped": [], "layers": None}
+
+
+def test_report_ratios_targets_and_load_label(tmp_path):
+    import report
+    text = report.render_markdown(_synthetic_run(load=3.0))
+    row = next(line for line in text.splitlines() if line.startswith("| alexnet | inference"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[8:10] == ["2.00", "0.50"]  # fastconv / torch, fastconv / onnxruntime in images/s
+    assert ">= ort **no**" in cells[10]
+    train = next(line for line in text.splitlines() if line.startswith("| alexnet | training step"))
+    assert "1.50" in train and ">= torch yes" in train
+    assert "loaded, shared machine" in text and "MISMATCH" in text
+    assert "loaded, shared machine" not in report.render_markdown(_synthetic_run(load=0.2))
+
+
+def test_report_writes_markdown_and_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    import report
+    data = _synthetic_run(load=0.2)
+    png = report.write_png(data, str(tmp_path / "img" / "chart.png"))
+    md = report.write_markdown(data, str(tmp_path / "report.md"), png=png)
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "](img/chart.png)" in open(md).read()
