@@ -204,3 +204,82 @@ def ratio(numerator, denominator):
     if numerator is None or denominator is None or denominator == 0:
         return None
     return numerator / denominator
+
+
+# ------------------------------------------------------------------------------------- machine and versions
+
+def cpu_brand():
+    """The CPU's brand string as fastconv's CPUID probe reports it."""
+    from fastconv import _C
+    return _C.cpu_features().get("brand") or platform.processor() or "unknown"
+
+
+def _module_version(name):
+    try:
+        module = __import__(name)
+    except ImportError:
+        return None
+    return getattr(module, "__version__", "unknown")
+
+
+def library_versions():
+    """{library: version or None when not installed} for everything the network benchmark compares."""
+    return {"fastconv": fastconv.__version__, "numpy": np.__version__,
+            "torch": torch.__version__ if torch is not None else None,
+            "onnxruntime": _module_version("onnxruntime"), "onnx": _module_version("onnx"),
+            "python": platform.python_version()}
+
+
+def memory_bytes():
+    """(total, available) physical memory in bytes from /proc/meminfo, or (None, None) where it is missing."""
+    info = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                key, value = line.split(":", 1)
+                info[key] = int(value.split()[0]) * 1024
+    except (OSError, ValueError):
+        return None, None
+    return info.get("MemTotal"), info.get("MemAvailable")
+
+
+def load_average():
+    """The 1, 5 and 15 minute load averages, or None where the OS does not give them."""
+    try:
+        return list(os.getloadavg())
+    except (AttributeError, OSError):
+        return None
+
+
+def machine():
+    """What the report states about the machine: CPU brand, CPUs usable by this process, memory, load, date."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    total, available = memory_bytes()
+    return {"cpu": cpu_brand(), "cpu_count": os.cpu_count(), "cpus_usable": usable, "memory_total": total,
+            "memory_available": available, "load_average": load_average(), "platform": platform.platform(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+# ---------------------------------------------------------------------------------------------- onnxruntime
+
+def onnxruntime_or_none():
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    return onnxruntime
+
+
+def ort_session(path, threads):
+    """An onnxruntime CPU session on the model file `path` with `threads` intra-op threads (one inter-op
+    thread, sequential execution, all graph optimizations: its defaults otherwise)."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
