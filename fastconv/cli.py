@@ -22,6 +22,8 @@ def main(argv=None):
     _add_train_parsers(sub)
     from .visualize import cli as visualize_cli
     visualize_cli.add_parser(sub)
+    from . import benchcli
+    benchcli.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -36,6 +38,8 @@ def main(argv=None):
         return {"train": _train, "evaluate": _evaluate, "predict": _predict}[args.command](args, parser)
     if args.command == "visualize":
         return visualize_cli.run(args)
+    if args.command == "bench":
+        return benchcli.run(args)
     return 2
 
 
