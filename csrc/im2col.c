@@ -25,12 +25,20 @@ typedef struct fc_pixel_run {
     int64_t pos;     /* index of the run's first pixel among the pixels being packed */
 } fc_pixel_run;
 
-/* Split the pixels [j, j + cnt) (numbered over images, as fc_im2col_src) into runs; at most `cap` runs. */
+/* 1x1, stride 1, no padding: output pixels of an image map onto consecutive input pixels. */
+static int is_pointwise(const fc_conv2d_desc *d) {
+    return d->kh == 1 && d->kw == 1 && d->sh == 1 && d->sw == 1 && d->ph == 0 && d->pw == 0;
+}
+
+/* Split the pixels [j, j + cnt) (numbered over images, as fc_im2col_src) into runs; at most `cap` runs. A run is
+ * one output row, or for pointwise convolutions everything up to the end of its image (a single copy). */
 static int64_t pixel_runs(const fc_im2col_src *s, int64_t j, int64_t cnt, fc_pixel_run *runs, int64_t cap) {
     const fc_conv2d_desc *d = s->d;
     int64_t p = d->oh * d->ow, img = j / p, q = j % p, oy = q / d->ow, ox = q % d->ow, n = 0;
+    int pointwise = is_pointwise(d);
     for (int64_t done = 0; done < cnt && n < cap;) {
-        int64_t len = d->ow - ox < cnt - done ? d->ow - ox : cnt - done;
+        int64_t left = pointwise ? p - (oy * d->ow + ox) : d->ow - ox;
+        int64_t len = left < cnt - done ? left : cnt - done;
         runs[n].img_off = img * s->img_stride;
         runs[n].oy = oy;
         runs[n].ox0 = ox;
@@ -39,7 +47,7 @@ static int64_t pixel_runs(const fc_im2col_src *s, int64_t j, int64_t cnt, fc_pix
         n++;
         done += len;
         ox = 0;
-        if (++oy == d->oh) {
+        if (pointwise || ++oy == d->oh) {
             oy = 0;
             img++;
         }
@@ -59,6 +67,17 @@ static void valid_ranges(const fc_conv2d_desc *d, int64_t *lo, int64_t *hi) {
                                       int64_t hi, const fc_pixel_run *runs, int64_t nruns, T *FC_RESTRICT dst,    \
                                       int64_t ds) {                                                               \
         int64_t off = kj * d->dw - d->pw, ky = ki * d->dh - d->ph;                                                \
+        if (is_pointwise(d)) { /* each run is a contiguous stretch of the channel plane */                       \
+            for (int64_t r = 0; r < nruns; r++) {                                                                 \
+                const T *src = xc + runs[r].img_off + runs[r].oy * d->w + runs[r].ox0;                            \
+                T *o = dst + runs[r].pos * ds;                                                                    \
+                if (ds == 1)                                                                                      \
+                    for (int64_t q = 0; q < runs[r].len; q++) o[q] = src[q];                                      \
+                else                                                                                              \
+                    for (int64_t q = 0; q < runs[r].len; q++) o[q * ds] = src[q];                                 \
+            }                                                                                                     \
+            return;                                                                                               \
+        }                                                                                                         \
         for (int64_t r = 0; r < nruns; r++) {                                                                     \
             int64_t a = runs[r].ox0, b = a + runs[r].len, iy = runs[r].oy * d->sh + ky;                           \
             T *o = dst + runs[r].pos * ds - a * ds; /* o[q * ds] is output column q */                            \
