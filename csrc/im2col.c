@@ -3,10 +3,12 @@
 
 #include "fastconv/im2col.h"
 
-/* Pixel runs a packing call can hold: a B panel is at most 64 columns wide (forward), and the transposed
- * operand's rows are processed in chunks of this many pixels (weight gradient). */
+/* Pixel runs a packing call can hold: a B panel is at most 64 columns wide (forward). The transposed operand
+ * (weight gradient) is written column by column down its rows, so its rows go in chunks of 128 pixels: the
+ * chunk's slice of the panel (128 x at most 64 values) stays in L1 while every column is written into it
+ * (LeNet conv1's weight gradient: 1.9 -> 1.4 ms against 512-pixel chunks). */
 #define FC_MAX_NR_PACK 64
-#define FC_MAX_KC_PACK 512
+#define FC_MAX_KC_PACK 128
 
 /* Range [lo, hi) of output columns ox whose input column ox*sw + off lies inside [0, w). */
 static inline void valid_ox(int64_t off, int64_t sw, int64_t w, int64_t ow, int64_t *lo, int64_t *hi) {
