@@ -49,6 +49,11 @@ def setup(cfg):
     return net, loader, opt, optim.StepLR(opt, 2, 0.5)
 
 
+def validation(cfg):
+    """A held-out set (cfg["val"]: its size; None without validation)."""
+    return None if not cfg.get("val") else dataset(cfg["val"], seed=9)
+
+
 class DyingLoss(nn.CrossEntropyLoss):
     """Cross-entropy that kills this process (how="exit"), hangs it ("hang") or raises ("raise") at its `at`-th
     call."""
@@ -80,7 +85,7 @@ def run_fit(cfg):
     loss = None
     if comm.rank == cfg.get("fault_rank", -1):
         loss = DyingLoss(cfg["fault_step"], cfg["fault"])
-    history = distributed.fit(net, loader, None, opt, cfg["epochs"], loss=loss, scheduler=sched,
+    history = distributed.fit(net, loader, validation(cfg), opt, cfg["epochs"], loss=loss, scheduler=sched,
                               checkpoint_dir=cfg.get("checkpoint_dir"), resume=cfg.get("resume", False),
                               progress=False, comm=comm, timeout=cfg.get("timeout", 60.0),
                               sync_batchnorm=cfg.get("sync_bn", False))

@@ -74,7 +74,8 @@ def one_thread():
 def _fit_reference(cfg, epochs):
     """One process, global batch, same seed: fastconv.train.fit."""
     net, loader, opt, sched = J.setup(cfg)
-    history = train.fit(net, loader, None, opt, epochs, scheduler=sched, progress=False, log=None)
+    history = train.fit(net, loader, J.validation(cfg), opt, epochs, scheduler=sched, progress=False, log=None,
+                        batch_size=cfg.get("batch", 8))
     return net.state_dict(), history
 
 
@@ -84,11 +85,12 @@ def _accumulated_reference(cfg, epochs, ranks):
     rank order -- the additions a 2-rank Allreduce performs -- then steps."""
     net, loader, opt, sched = J.setup(cfg)
     net.need_input_grad = False
+    dtype = net.children["c1"].params["weight"].dtype
     loss = nn.CrossEntropyLoss()
     params = [(m, k) for _, _, _, m, k in net.named_parameters()]
     for _ in range(epochs):
         for x, y in loader:
-            x, m = x.astype(np.float64), len(y)
+            x, m = x.astype(dtype), len(y)
             total = None
             for r in range(ranks):
                 lo, hi = r * m // ranks, (r + 1) * m // ranks
@@ -144,6 +146,21 @@ def test_forward_to_matches_running_the_children():
         D._check_layer(net, "c1.weight")
 
 
+def test_dropout_streams_differ_by_rank_and_repeat_by_epoch():
+    """Rank 0 keeps the model's generators; rank r > 0 gets generators keyed by (seed, epoch, r): different
+    masks on different ranks, the same masks whenever the same epoch is run again (an exact resume)."""
+    def draws(rank, epoch):
+        net = nn.Sequential(a=nn.Dropout(0.5, rng=7), b=nn.Dropout(0.5, rng=8))
+        original = net.children["a"].rng
+        D._reseed_dropout(net, 11, epoch, rank)
+        assert (net.children["a"].rng is original) == (rank == 0)
+        return [m.rng.random(4).tolist() for m in net.children.values()]
+    assert draws(1, 3) == draws(1, 3)
+    assert draws(1, 3) != draws(2, 3) and draws(1, 3) != draws(1, 4) and draws(0, 3) != draws(1, 3)
+    a, b = draws(1, 3)
+    assert a != b                                                   # modules get independent streams
+
+
 class _OneRank(D.Communicator):
     """A communicator of one rank, without MPI (the collectives are identities)."""
 
@@ -183,12 +200,14 @@ def test_sync_batchnorm_on_one_rank_is_batchnorm(dtype):
 
 # ================================================================================================ MPI: exactness
 
-def test_two_ranks_give_the_weights_of_one_process(tmp_path, one_thread):
-    """2 ranks x pieces of 4 (and of 2 + 3 for the last batch of 5) == 1 process x batch 8, float64, with
-    augmentation, momentum, weight decay and a schedule: bit-exact against the rank-order accumulation, equal to
-    train.fit up to rounding, and the two ranks hold bit-identical weights."""
+@pytest.mark.parametrize("dtype, tol", [("float64", dict(rtol=1e-12, atol=1e-13)),
+                                        ("float32", dict(rtol=1e-5, atol=1e-6))])
+def test_two_ranks_give_the_weights_of_one_process(tmp_path, one_thread, dtype, tol):
+    """2 ranks x pieces of 4 (and of 2 + 3 for the last batch of 5) == 1 process x batch 8, with augmentation,
+    momentum, weight decay and a schedule: bit-exact against the rank-order accumulation, equal to train.fit up
+    to rounding, and the two ranks hold bit-identical weights."""
     _need_mpi()
-    cfg, epochs = {"n": 45, "batch": 8, "epochs": 2}, 2
+    cfg, epochs = {"n": 45, "batch": 8, "epochs": 2, "dtype": dtype}, 2
     done, _ = _fit_job(2, {**cfg, "out": str(tmp_path / "w")})
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("epoch 1/2") == 1, done.stdout          # rank 0 alone logs
@@ -198,27 +217,47 @@ def test_two_ranks_give_the_weights_of_one_process(tmp_path, one_thread):
     for k in single:
         np.testing.assert_array_equal(rank0[k], rank1[k], err_msg=k)
         np.testing.assert_array_equal(rank0[k], accumulated[k], err_msg=k)
-        np.testing.assert_allclose(rank0[k], single[k], rtol=1e-12, atol=1e-13, err_msg=k)
-        assert not np.array_equal(single[k], J.model().state_dict()[k])       # it did train
+        np.testing.assert_allclose(rank0[k], single[k], err_msg=k, **tol)
+        assert not np.allclose(single[k], J.model().state_dict()[k])       # it did train
     with open(tmp_path / "w.history.json") as f:
         logged = json.load(f)
-    np.testing.assert_allclose([r["train_loss"] for r in logged], history.column("train_loss"), rtol=1e-12)
+    np.testing.assert_allclose([r["train_loss"] for r in logged], history.column("train_loss"), **tol)
     assert [r["train_acc"] for r in logged] == history.column("train_acc")
+
+
+def test_local_batchnorm_two_ranks_stay_identical(tmp_path, one_thread):
+    """By default BatchNorm uses each rank's own piece: the result is not one process's, but the ranks still
+    hold bit-identical weights and (averaged at the end of each epoch) running statistics."""
+    _need_mpi()
+    cfg = {"model": "bn", "n": 48, "batch": 8, "epochs": 1}
+    done, _ = _fit_job(2, {**cfg, "out": str(tmp_path / "w")})
+    assert done.returncode == 0, done.stderr
+    rank0, rank1 = _weights(tmp_path / "w", 0), _weights(tmp_path / "w", 1)
+    single, _ = _fit_reference(cfg, 1)
+    for k in single:
+        np.testing.assert_array_equal(rank0[k], rank1[k], err_msg=k)
+    assert not np.allclose(rank0["bn.running_var"], single["bn.running_var"], rtol=1e-6)
 
 
 def test_sync_batchnorm_two_ranks_match_one_process(tmp_path, one_thread):
     """With --sync-batchnorm, 2 ranks normalize with the global batch's statistics: the weights and running
-    statistics of one process with the whole batch (float64, up to rounding)."""
+    statistics of one process with the whole batch (float64, up to rounding); the sharded validation (13 samples,
+    batches of 8 and 5 split over the ranks) gives one process's validation loss and accuracy."""
     _need_mpi()
-    cfg, epochs = {"model": "bn", "n": 48, "batch": 8, "epochs": 2, "sync_bn": True}, 2
+    cfg, epochs = {"model": "bn", "n": 48, "batch": 8, "epochs": 2, "sync_bn": True, "val": 13}, 2
     done, _ = _fit_job(2, {**cfg, "out": str(tmp_path / "w")})
     assert done.returncode == 0, done.stderr
     rank0, rank1 = _weights(tmp_path / "w", 0), _weights(tmp_path / "w", 1)
-    single, _ = _fit_reference(cfg, epochs)
+    single, history = _fit_reference(cfg, epochs)
     assert set(rank0) == set(single) and "bn.running_var" in single
     for k in single:
         np.testing.assert_array_equal(rank0[k], rank1[k], err_msg=k)
         np.testing.assert_allclose(rank0[k], single[k], rtol=1e-10, atol=1e-12, err_msg=k)
+    with open(tmp_path / "w.history.json") as f:
+        logged = json.load(f)
+    np.testing.assert_allclose([r["val_loss"] for r in logged], history.column("val_loss"), rtol=1e-10)
+    assert [r["val_acc"] for r in logged] == history.column("val_acc")
+    assert all(0 < r["val_loss"] < 10 for r in logged)
 
 
 # ================================================================================================ MPI: faults
