@@ -118,6 +118,8 @@ def _add_train_parsers(sub):
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--plot", metavar="PNG", default=None, help="draw the training curves (needs matplotlib)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from . import distributed
+    distributed.add_arguments(p)
 
     p = sub.add_parser("evaluate", help="accuracy of a saved model on the held-out digits")
     p.add_argument("model", metavar="MODEL", help="a file written by fastconv train / fastconv.save")
@@ -154,6 +156,9 @@ def _set_threads(args, parser):
 
 
 def _train(args, parser):
+    if args.distributed:
+        from . import distributed
+        return distributed.train_command(args, parser)
     import time
 
     from . import data, io, models, optim, train
