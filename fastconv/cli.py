@@ -156,19 +156,26 @@ def _set_threads(args, parser):
 
 
 def _train(args, parser):
-    if args.distributed:
-        from . import distributed
-        return distributed.train_command(args, parser)
+    """`fastconv train`: the recipe below, in one process or (--distributed) on every MPI rank, where rank 0
+    alone prints, evaluates on the held-out split and saves the model."""
+    import functools
     import time
 
-    from . import data, io, models, optim, train
+    from . import data, get_num_threads, io, models, optim, train
     start = time.perf_counter()
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.resume and args.checkpoint_dir is None:
         parser.error("--resume needs --checkpoint-dir")
-    _set_threads(args, parser)
+    comm, fit = None, train.fit
+    if args.distributed:
+        from . import distributed
+        comm = distributed.setup_command(args, parser)  # validates the MPI options, sets the threads per rank
+        fit = functools.partial(distributed.fit, comm=comm, sync_batchnorm=args.sync_batchnorm)
+    else:
+        _set_threads(args, parser)
+    lead = comm is None or comm.rank == 0
     try:
         train_set, test_set = _load_split(args.data, "train"), _load_split(args.data, "test")
     except ImportError as e:
@@ -190,23 +197,31 @@ def _train(args, parser):
         parser.error(str(e))
     milestones = sorted({m for m in (round(0.7 * args.epochs), round(0.9 * args.epochs)) if 1 <= m < args.epochs})
     schedule = optim.MultiStepLR(opt, milestones, 0.1)
-    print(f"training {model.arch['name']} ({model.num_parameters():,} parameters, {args.dtype}) on "
-          f"{len(train_set):,} training images ({args.data}) for {args.epochs} epoch(s); lr {args.lr} (/10 after epochs "
-          f"{', '.join(map(str, milestones)) or '-'}), batch {args.batch_size}, momentum {args.momentum}, "
-          f"weight decay {args.weight_decay}, shifts up to {args.shift} px", flush=True)
+    where = "" if comm is None else f" on {comm.size} MPI rank(s) x {get_num_threads()} thread(s)"
+    if lead:
+        print(f"training {model.arch['name']} ({model.num_parameters():,} parameters, {args.dtype}) on "
+              f"{len(train_set):,} training images ({args.data}) for {args.epochs} epoch(s){where}; lr {args.lr} "
+              f"(/10 after epochs {', '.join(map(str, milestones)) or '-'}), batch {args.batch_size}, momentum "
+              f"{args.momentum}, weight decay {args.weight_decay}, shifts up to {args.shift} px", flush=True)
     try:
-        train.fit(model, loader, None, opt, args.epochs, scheduler=schedule, checkpoint_dir=args.checkpoint_dir,
-                  resume=args.resume, progress=not args.no_progress, plot=args.plot)
+        fit(model, loader, None, opt, args.epochs, scheduler=schedule, checkpoint_dir=args.checkpoint_dir,
+            resume=args.resume, progress=not args.no_progress, plot=args.plot)
     except KeyboardInterrupt:
         return 130
     except (ValueError, FloatingPointError) as e:
-        print(f"fastconv train: {e}", file=sys.stderr)
+        if lead:
+            print(f"fastconv train: {e}", file=sys.stderr)
         return 1
+    if not lead:
+        return 0
     loss, accuracy = train.evaluate(model, test_set)
     correct = round(accuracy * len(test_set))
     print(f"held-out test accuracy: {accuracy:.2%} ({correct}/{len(test_set)} {args.data}), loss {loss:.4f}")
-    io.save(model, output, metadata={"data": args.data, "classes": json.dumps(train_set.classes),
-                                     "test_accuracy": f"{accuracy:.6f}", "epochs": str(args.epochs)})
+    metadata = {"data": args.data, "classes": json.dumps(train_set.classes), "test_accuracy": f"{accuracy:.6f}",
+                "epochs": str(args.epochs)}
+    if comm is not None:
+        metadata["ranks"] = str(comm.size)
+    io.save(model, output, metadata=metadata)
     print(f"saved the model to {output} ({time.perf_counter() - start:.1f} s in all)")
     return 0
 

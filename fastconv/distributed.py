@@ -84,7 +84,7 @@ import numpy as np
 from . import nn
 
 __all__ = ["fit", "DataParallel", "Communicator", "SyncBatchNorm2d", "convert_sync_batchnorm",
-           "revert_sync_batchnorm", "default_threads", "add_arguments", "train_command", "DEFAULT_TIMEOUT",
+           "revert_sync_batchnorm", "default_threads", "add_arguments", "setup_command", "DEFAULT_TIMEOUT",
            "extract_features_dask", "load_features", "forward_to", "list_images"]
 
 DEFAULT_TIMEOUT = 300.0      # seconds a rank waits in one collective before declaring a peer dead
@@ -681,28 +681,17 @@ def add_arguments(parser):
     return parser
 
 
-def _load_split(name, split):
-    from . import data
-    return data.load_digits_32(split) if name == "digits" else data.load_mnist_5k(split)
-
-
-def train_command(args, parser):
-    """`fastconv train MODEL --distributed ...` on this rank: the single-process recipe (fastconv.cli._train) with
-    distributed.fit; rank 0 prints, evaluates on the held-out split and saves the model. Returns the exit code."""
-    from . import data, get_num_threads, io, models, optim, set_num_threads
-    start = time.perf_counter()
-    for name in ("epochs", "batch_size"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.resume and args.checkpoint_dir is None:
-        parser.error("--resume needs --checkpoint-dir")
+def setup_command(args, parser):
+    """The MPI part of `fastconv train MODEL --distributed` (fastconv.cli._train runs the rest of the recipe with
+    this module's fit): checks the options, joins the job and sets this rank's threads. Returns the
+    Communicator."""
+    from . import set_num_threads
     if not args.mpi_timeout > 0:
         parser.error(f"--mpi-timeout must be > 0, got {args.mpi_timeout}")
     try:
         comm = Communicator(timeout=args.mpi_timeout)
     except ImportError as e:
         parser.error(str(e))
-    lead = comm.rank == 0
     if args.threads is not None:
         if args.threads < 1:
             parser.error(f"--threads must be >= 1, got {args.threads}")
@@ -711,55 +700,7 @@ def train_command(args, parser):
         set_num_threads(default_threads(comm))
     if args.batch_size < comm.size:
         parser.error(f"--batch-size {args.batch_size} (the global batch) is smaller than the {comm.size} ranks")
-    try:
-        train_set, test_set = _load_split(args.data, "train"), _load_split(args.data, "test")
-    except ImportError as e:
-        parser.error(str(e))
-    c, h, w = train_set.image_shape
-    try:
-        model = models.get_model(args.model, num_classes=train_set.num_classes, in_channels=c, input_size=(h, w),
-                                 seed=args.seed, dtype=args.dtype)
-    except (TypeError, ValueError) as e:
-        parser.error(f"cannot build {args.model!r} for {c}x{h}x{w} images: {e}")
-    output = args.output or f"{model.arch['name']}-{args.data}.safetensors"
-    if os.path.splitext(output)[1].lower() not in (".safetensors", ".npz"):
-        parser.error(f"-o {output}: use a .safetensors or .npz file name")
-    shift = data.RandomCrop((h, w), padding=args.shift) if args.shift > 0 else None
-    loader = data.DataLoader(train_set, args.batch_size, shuffle=True, seed=args.seed, transform=shift)
-    try:
-        opt = optim.SGD(model, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    except (TypeError, ValueError) as e:
-        parser.error(str(e))
-    milestones = sorted({m for m in (round(0.7 * args.epochs), round(0.9 * args.epochs)) if 1 <= m < args.epochs})
-    schedule = optim.MultiStepLR(opt, milestones, 0.1)
-    if lead:
-        print(f"training {model.arch['name']} ({model.num_parameters():,} parameters, {args.dtype}) on "
-              f"{len(train_set):,} training images ({args.data}) for {args.epochs} epoch(s) on {comm.size} MPI "
-              f"rank(s) x {get_num_threads()} thread(s); lr {args.lr} (/10 after epochs "
-              f"{', '.join(map(str, milestones)) or '-'}), global batch {args.batch_size}, momentum "
-              f"{args.momentum}, weight decay {args.weight_decay}, shifts up to {args.shift} px", flush=True)
-    try:
-        fit(model, loader, None, opt, args.epochs, scheduler=schedule, checkpoint_dir=args.checkpoint_dir,
-            resume=args.resume, progress=not args.no_progress, plot=args.plot, comm=comm,
-            sync_batchnorm=args.sync_batchnorm)
-    except KeyboardInterrupt:
-        return 130
-    except (ValueError, FloatingPointError) as e:
-        if lead:
-            print(f"fastconv train: {e}", file=sys.stderr)
-        return 1
-    if not lead:
-        return 0
-    from . import train
-    loss, accuracy = train.evaluate(model, test_set)
-    correct = round(accuracy * len(test_set))
-    print(f"held-out test accuracy: {accuracy:.2%} ({correct}/{len(test_set)} {args.data}), loss {loss:.4f}")
-    io.save(model, output, metadata={"data": args.data, "classes": json.dumps(train_set.classes),
-                                     "test_accuracy": f"{accuracy:.6f}", "epochs": str(args.epochs),
-                                     "ranks": str(comm.size)})
-    print(f"saved the model to {output} ({time.perf_counter() - start:.1f} s in all)")
-    return 0
-
+    return comm
 
 # ================================================================================================ features on Dask
 

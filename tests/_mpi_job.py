@@ -101,15 +101,14 @@ def run_cli(argv):
 
     from mpi4py import MPI  # noqa: F401  (initialize MPI before the engine starts threads)
 
-    from fastconv import cli, distributed
+    from fastconv import cli
     parser = argparse.ArgumentParser(prog="fastconv")
     sub = parser.add_subparsers(dest="command")
-    cli._add_train_parsers(sub)                     # the wiring cli.main will do:
+    cli._add_train_parsers(sub)                     # the train parser of cli.main, --distributed included
     train_parser = sub.choices["train"]
-    distributed.add_arguments(train_parser)
     args = parser.parse_args(argv)
     assert args.distributed
-    return distributed.train_command(args, train_parser)
+    return cli._train(args, train_parser)
 
 
 if __name__ == "__main__":
