@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -24,8 +25,10 @@ import _mpi_job as J  # noqa: E402
 
 from fastconv import distributed as D  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-JOB = os.path.join(ROOT, "tests", "_mpi_job.py")
+JOB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_mpi_job.py")
+# The folder the fastconv under test was imported from (the checkout for an in-place build, site-packages for an
+# installed one): children import that same package, never an unbuilt source tree.
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(fastconv.__file__)))
 
 
 def _mpiexec():
@@ -41,7 +44,7 @@ def _need_mpi():
 
 def _env():
     env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = PACKAGE_PARENT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["OMP_NUM_THREADS"] = "1"
     return env
 
@@ -50,7 +53,8 @@ def _launch(ranks, args, timeout=90, launcher_options=()):
     """Run the job on `ranks` processes; returns (CompletedProcess, seconds)."""
     cmd = [_mpiexec(), *launcher_options, "-n", str(ranks), sys.executable, JOB, *args]
     start = time.monotonic()
-    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout,
+                          cwd=tempfile.gettempdir())
     return done, time.monotonic() - start
 
 
