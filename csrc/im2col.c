@@ -63,6 +63,28 @@ static void valid_ranges(const fc_conv2d_desc *d, int64_t *lo, int64_t *hi) {
     for (int64_t kj = 0; kj < d->kw && kj < FC_MAX_KW; kj++) valid_ox(kj * d->dw - d->pw, d->sw, d->w, d->ow, &lo[kj], &hi[kj]);
 }
 
+/* The valid output-column range of kernel column kj: from the table when it holds kj. */
+static inline void tap_range(const fc_conv2d_desc *d, const int64_t *lo, const int64_t *hi, int64_t kj, int64_t *l,
+                             int64_t *h) {
+    if (kj < FC_MAX_KW) {
+        *l = lo[kj];
+        *h = hi[kj];
+    } else {
+        valid_ox(kj * d->dw - d->pw, d->sw, d->w, d->ow, l, h);
+    }
+}
+
+/* The next column-matrix row: kj fastest, then ki, then the channel. */
+static inline void next_tap(const fc_conv2d_desc *d, int64_t *ci, int64_t *ki, int64_t *kj) {
+    if (++*kj == d->kw) {
+        *kj = 0;
+        if (++*ki == d->kh) {
+            *ki = 0;
+            ++*ci;
+        }
+    }
+}
+
 /* The column-matrix row (ci, ki, kj) over a list of pixel runs: dst[run.pos + i] (scaled by ds) for each run. */
 #define FC_DEFINE_IM2COL(T, PFX)                                                                                 \
     static inline void PFX##copy_runs(const T *xc, const fc_conv2d_desc *d, int64_t ki, int64_t kj, int64_t lo,   \
@@ -114,21 +136,10 @@ static void valid_ranges(const fc_conv2d_desc *d, int64_t *lo, int64_t *hi) {
             int64_t ci = k0 / khw, ki = (k0 % khw) / d->kw, kj = k0 % d->kw;                                      \
             for (int64_t p = 0; p < kc; p++) {                                                                    \
                 int64_t l, h;                                                                                     \
-                if (kj < FC_MAX_KW) {                                                                             \
-                    l = lo[kj];                                                                                   \
-                    h = hi[kj];                                                                                   \
-                } else {                                                                                          \
-                    valid_ox(kj * d->dw - d->pw, d->sw, d->w, d->ow, &l, &h);                                     \
-                }                                                                                                 \
+                tap_range(d, lo, hi, kj, &l, &h);                                                                 \
                 PFX##copy_runs(x + ci * plane, d, ki, kj, l, h, runs, nruns, pd + p * wpad, 1);                   \
                 for (int64_t j = wd; j < wpad; j++) pd[p * wpad + j] = 0;                                         \
-                if (++kj == d->kw) {                                                                              \
-                    kj = 0;                                                                                       \
-                    if (++ki == d->kh) {                                                                          \
-                        ki = 0;                                                                                   \
-                        ci++;                                                                                     \
-                    }                                                                                             \
-                }                                                                                                 \
+                next_tap(d, &ci, &ki, &kj);                                                                       \
             }                                                                                                     \
         }                                                                                                         \
     }                                                                                                             \
@@ -150,20 +161,9 @@ static void valid_ranges(const fc_conv2d_desc *d, int64_t *lo, int64_t *hi) {
                 int64_t r0 = j0 + jp, ci = r0 / khw, ki = (r0 % khw) / d->kw, kj = r0 % d->kw;                    \
                 for (int64_t j = 0; j < wd; j++) {                                                                \
                     int64_t l, h;                                                                                 \
-                    if (kj < FC_MAX_KW) {                                                                         \
-                        l = lo[kj];                                                                               \
-                        h = hi[kj];                                                                               \
-                    } else {                                                                                      \
-                        valid_ox(kj * d->dw - d->pw, d->sw, d->w, d->ow, &l, &h);                                 \
-                    }                                                                                             \
+                    tap_range(d, lo, hi, kj, &l, &h);                                                             \
                     PFX##copy_runs(x + ci * plane, d, ki, kj, l, h, runs, nruns, pd + j, wpad);                   \
-                    if (++kj == d->kw) {                                                                          \
-                        kj = 0;                                                                                   \
-                        if (++ki == d->kh) {                                                                      \
-                            ki = 0;                                                                               \
-                            ci++;                                                                                 \
-                        }                                                                                         \
-                    }                                                                                             \
+                    next_tap(d, &ci, &ki, &kj);                                                                   \
                 }                                                                                                 \
                 for (int64_t p = 0; p < pc; p++)                                                                  \
                     for (int64_t j = wd; j < wpad; j++) pd[p * wpad + j] = 0;                                     \
