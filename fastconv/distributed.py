@@ -652,15 +652,8 @@ def _train_epoch(parallel, train, val, optimizer, loss, scheduler, early_stoppin
     parallel.average_buffers()
     val_loss, val_acc = (_evaluate(model, val, loss, parallel.dtype, comm) if val is not None
                          else (math.nan, math.nan))
-    if isinstance(scheduler, T.ReduceLROnPlateau):
-        scheduler.step(val_acc if scheduler.mode == "max" else val_loss)
-    elif scheduler is not None:
-        scheduler.step()
-    stop = early_stopping is not None and early_stopping.update(val_acc, epoch, model)
-    row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen, "val_loss": val_loss,
-           "val_acc": val_acc, "lr": lr, "seconds": time.perf_counter() - start,
-           "images_per_s": seen / max(train_seconds, 1e-9)}
-    return row, stop
+    return T._end_epoch(model, scheduler, early_stopping, epoch, lr, loss_sum, correct, seen, val_loss, val_acc,
+                        start, train_seconds)
 
 
 # ================================================================================================ command line

@@ -421,6 +421,14 @@ def _train_epoch(model, train, val, optimizer, loss, scheduler, early_stopping, 
             bar.close()
     train_seconds = time.perf_counter() - start
     val_loss, val_acc = evaluate(model, val, loss=loss) if val is not None else (math.nan, math.nan)
+    return _end_epoch(model, scheduler, early_stopping, epoch, lr, loss_sum, correct, seen, val_loss, val_acc,
+                      start, train_seconds)
+
+
+def _end_epoch(model, scheduler, early_stopping, epoch, lr, loss_sum, correct, seen, val_loss, val_acc, start,
+               train_seconds):
+    """Step the schedule and early stopping on the epoch's validation figures; returns (history row, stop).
+    Shared by fit and fastconv.distributed.fit so both log and schedule identically."""
     if isinstance(scheduler, ReduceLROnPlateau):
         scheduler.step(val_acc if scheduler.mode == "max" else val_loss)
     elif scheduler is not None:
