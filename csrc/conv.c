@@ -14,6 +14,16 @@ static int fc_conv2d_is_pointwise(const fc_conv2d_desc *d) {
     return d->kh == 1 && d->kw == 1 && d->sh == 1 && d->sw == 1 && d->ph == 0 && d->pw == 0;
 }
 
+static int input_grad_method = FC_CONV_DX_AUTO;
+
+int fc_conv2d_set_input_grad_method(int method) {
+    if (method < FC_CONV_DX_AUTO || method > FC_CONV_DX_FLIPPED) return FC_ERR_ARG;
+    input_grad_method = method;
+    return FC_OK;
+}
+
+int fc_conv2d_input_grad_method(void) { return input_grad_method; }
+
 int fc_conv2d_prepare(fc_conv2d_desc *d) {
     if (d->n < 0 || d->c < 1 || d->h < 1 || d->w < 1 || d->f < 1 || d->kh < 1 || d->kw < 1 || d->sh < 1 ||
         d->sw < 1 || d->ph < 0 || d->pw < 0 || d->dh < 1 || d->dw < 1 || d->groups < 1 || d->c % d->groups ||

@@ -4,6 +4,8 @@ cdef extern from "fastconv/conv.h" nogil:
     ctypedef struct fc_conv2d_desc:
         int64_t n, c, h, w, f, kh, kw, sh, sw, ph, pw, dh, dw, groups, oh, ow
     int fc_conv2d_prepare(fc_conv2d_desc *d)
+    int fc_conv2d_set_input_grad_method(int method)
+    int fc_conv2d_input_grad_method()
     int64_t fc_conv2d_workspace_bytes(const fc_conv2d_desc *d, int64_t elem_size)
     int fc_sconv2d_forward(const fc_context *ctx, const float *x, float *y, const float *weight,
                            const float *bias, const fc_conv2d_desc *d)
@@ -31,6 +33,23 @@ cdef fc_conv2d_desc _conv_desc(tuple x_shape, tuple w_shape, tuple stride, tuple
     d.groups = groups
     check(fc_conv2d_prepare(&d))
     return d
+
+
+_INPUT_GRAD_METHODS = ("auto", "col2im", "flipped")
+
+
+def conv2d_input_grad_method(method=None):
+    """The process-wide input-gradient method ("auto", "col2im" or "flipped"); sets it first when given.
+
+    "auto" picks the cheaper one per layer; the others pin one method (the flipped forward convolution only
+    applies to stride-1 layers, col2im runs elsewhere), so that tests can check both. Returns the previous value.
+    """
+    previous = _INPUT_GRAD_METHODS[fc_conv2d_input_grad_method()]
+    if method is not None:
+        if method not in _INPUT_GRAD_METHODS:
+            raise ValueError(f"method must be one of {_INPUT_GRAD_METHODS}, got {method!r}")
+        check(fc_conv2d_set_input_grad_method(_INPUT_GRAD_METHODS.index(method)))
+    return previous
 
 
 def conv2d_output_hw(tuple x_shape, tuple w_shape, tuple stride, tuple padding, tuple dilation, int64_t groups):

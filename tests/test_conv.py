@@ -165,6 +165,11 @@ MODE_CASES = {
     "deep_batched": ((3, 64, 12, 12), (3, 64, 7, 7), dict(padding=3)),
     # kdim = 257*16*16 = 65792 > 2**20/16: the tile is clamped to 16 columns (3 images x 9 columns)
     "deepest_tile_16": ((3, 257, 18, 18), (2, 257, 16, 16), dict()),
+    # input gradient as a forward convolution of dy with the flipped weights (c/groups >= 32, stride 1): groups,
+    # dilation, non-square kernel with unequal padding; then padding beyond the kernel's extent (col2im instead)
+    "flipped_groups_dilation": ((2, 64, 20, 20), (48, 32, 3, 3), dict(padding=2, dilation=2, groups=2)),
+    "flipped_large_nonsquare": ((3, 32, 30, 30), (16, 32, 5, 3), dict(padding=(2, 0))),
+    "padding_beyond_kernel": ((2, 32, 10, 10), (8, 32, 3, 3), dict(padding=3)),
 }
 
 
@@ -172,6 +177,33 @@ MODE_CASES = {
 def test_conv_modes(arch, nthreads, case):
     x_shape, w_shape, geometry = MODE_CASES[case]
     run_case(x_shape, w_shape, geometry)
+
+
+@pytest.fixture(params=["col2im", "flipped"])
+def input_grad_method(request):
+    """Pin each input-gradient method in turn (the default picks one per layer)."""
+    previous = _C.conv2d_input_grad_method(request.param)
+    yield request.param
+    _C.conv2d_input_grad_method(previous)
+
+
+@pytest.mark.parametrize("case", list(MODE_CASES))
+def test_conv_modes_each_input_grad_method(arch, nthreads, input_grad_method, case):
+    x_shape, w_shape, geometry = MODE_CASES[case]
+    run_case(x_shape, w_shape, geometry)
+
+
+def test_input_grad_method_setting():
+    previous = _C.conv2d_input_grad_method()
+    assert previous == "auto"
+    try:
+        assert _C.conv2d_input_grad_method("flipped") == "auto"
+        assert _C.conv2d_input_grad_method() == "flipped"
+        with pytest.raises(ValueError, match="method must be one of"):
+            _C.conv2d_input_grad_method("winograd")
+        assert _C.conv2d_input_grad_method() == "flipped"
+    finally:
+        _C.conv2d_input_grad_method(previous)
 
 
 def test_mode_cases_reach_their_modes():

@@ -37,6 +37,15 @@ typedef struct fc_conv2d_desc {
 #endif
 #define FC_CONV_BATCH_COLS 2048
 
+/* How the input gradient is computed (process-wide; tests pin each method, users never need to):
+ *   FC_CONV_DX_AUTO     the cheaper of the two below for the layer (the default)
+ *   FC_CONV_DX_COL2IM   GEMM W^T dY per tile of output pixels, scattered back by col2im
+ *   FC_CONV_DX_FLIPPED  forward convolution of dY with the flipped, transposed weights, where the geometry allows
+ *                       it (stride 1, padding <= the dilated kernel extent); col2im elsewhere */
+enum { FC_CONV_DX_AUTO = 0, FC_CONV_DX_COL2IM = 1, FC_CONV_DX_FLIPPED = 2 };
+int fc_conv2d_set_input_grad_method(int method);
+int fc_conv2d_input_grad_method(void);
+
 /* Compute oh/ow and check every size product for int64 overflow. FC_ERR_ARG when the geometry is invalid. */
 int fc_conv2d_prepare(fc_conv2d_desc *d);
 
@@ -48,7 +57,8 @@ int fc_sconv2d_forward(const fc_context *ctx, const float *x, float *y, const fl
 int fc_dconv2d_forward(const fc_context *ctx, const double *x, double *y, const double *weight,
                        const double *bias, const fc_conv2d_desc *d);
 
-/* dx from dy and the weights (x not needed). */
+/* dx from dy and the weights (x not needed). Workspace: the col2im tile, or for the flipped method one
+ * rearranged copy of the weights. */
 int fc_sconv2d_backward_input(const fc_context *ctx, const float *dy, float *dx, const float *weight,
                               const fc_conv2d_desc *d);
 int fc_dconv2d_backward_input(const fc_context *ctx, const double *dy, double *dx, const double *weight,
