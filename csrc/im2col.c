@@ -1,6 +1,7 @@
 /* im2col / col2im for a range of output pixels, and the implicit-im2col GEMM packing built on them. */
 #include <string.h>
 
+#include "fastconv/gemm.h"
 #include "fastconv/im2col.h"
 
 /* Pixel runs a packing call can hold: a B panel is at most 64 columns wide (forward). The transposed operand
@@ -151,22 +152,23 @@ static inline void next_tap(const fc_conv2d_desc *d, int64_t *ci, int64_t *ki, i
         const T *x = (const T *)s->x;                                                                             \
         int64_t khw = d->kh * d->kw, plane = d->h * d->w, lo[FC_MAX_KW], hi[FC_MAX_KW];                           \
         fc_pixel_run runs[FC_MAX_KC_PACK];                                                                        \
+        /* one chunk of the panel's column-matrix rows, each contiguous over the chunk's pixels (<= 32 KiB) */    \
+        T rowbuf[FC_MAX_NR_PACK * FC_MAX_KC_PACK] __attribute__((aligned(64)));                                   \
         valid_ranges(d, lo, hi);                                                                                  \
         for (int64_t p0 = 0; p0 < kc; p0 += FC_MAX_KC_PACK) { /* rows (pixels) in chunks the run table holds */  \
             int64_t pc = kc - p0 < FC_MAX_KC_PACK ? kc - p0 : FC_MAX_KC_PACK;                                     \
             int64_t nruns = pixel_runs(s, k0 + p0, pc, runs, FC_MAX_KC_PACK);                                     \
             for (int64_t jp = 0; jp < nc; jp += nr) {                                                             \
                 int64_t wd = nc - jp < nr ? nc - jp : nr, wpad = (wd + vl - 1) / vl * vl;                          \
-                T *pd = dst + jp * kc + p0 * wpad;                                                                \
                 int64_t r0 = j0 + jp, ci = r0 / khw, ki = (r0 % khw) / d->kw, kj = r0 % d->kw;                    \
                 for (int64_t j = 0; j < wd; j++) {                                                                \
                     int64_t l, h;                                                                                 \
                     tap_range(d, lo, hi, kj, &l, &h);                                                             \
-                    PFX##copy_runs(x + ci * plane, d, ki, kj, l, h, runs, nruns, pd + j, wpad);                   \
+                    PFX##copy_runs(x + ci * plane, d, ki, kj, l, h, runs, nruns, rowbuf + j * pc, 1);             \
                     next_tap(d, &ci, &ki, &kj);                                                                   \
                 }                                                                                                 \
-                for (int64_t p = 0; p < pc; p++)                                                                  \
-                    for (int64_t j = wd; j < wpad; j++) pd[p * wpad + j] = 0;                                     \
+                memset(rowbuf + wd * pc, 0, (size_t)((wpad - wd) * pc) * sizeof(T));                              \
+                fc_##PFX##transpose(rowbuf, wpad, pc, pc, dst + jp * kc + p0 * wpad, wpad);                           \
             }                                                                                                     \
         }                                                                                                         \
     }                                                                                                             \

@@ -36,6 +36,12 @@ void fc_spack_a(const fc_strided_matrix *a, int64_t i0, int64_t mc, int64_t k0, 
 void fc_dpack_a(const fc_strided_matrix *a, int64_t i0, int64_t mc, int64_t k0, int64_t kc, int mr,
                 double *FC_RESTRICT dst);
 
+/* dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols (the two blocks must not overlap). */
+void fc_stranspose(const float *FC_RESTRICT src, int64_t rows, int64_t cols, int64_t lds, float *FC_RESTRICT dst,
+                   int64_t ldd);
+void fc_dtranspose(const double *FC_RESTRICT src, int64_t rows, int64_t cols, int64_t lds,
+                   double *FC_RESTRICT dst, int64_t ldd);
+
 /* Per-thread scratch buffers reused across calls (grow-only), so small GEMMs do not pay for page faults.
  * slot 0: packed A, 1: packed B, 2..3: free for callers such as convolution (im2col tiles). */
 void *fc_thread_buffer(int slot, int64_t bytes);
