@@ -32,6 +32,16 @@ FC_DEFINE_NAIVE(double, d)
 #define VMUL(a, b) ((a) * (b))
 #define UKR_NAME(v) fc_sgemm_ukr_ref_##v
 #include "arch/ukernel_template.h"
+#define VHSUM(x) (x)
+#define DFB 4
+#define DNV 4
+#define WFB 4
+#define WTB 4
+#define DIRECT_NAME(v) fc_sdirect_ukr_ref_##v
+#define WGRAD_NAME fc_swgrad_ukr_ref
+#include "arch/direct_template.h"
+#undef DIRECT_NAME
+#undef WGRAD_NAME
 #undef T
 #undef VEC
 #undef VZERO
@@ -44,12 +54,19 @@ FC_DEFINE_NAIVE(double, d)
 #define VSET1(s) (s)
 #define UKR_NAME(v) fc_dgemm_ukr_ref_##v
 #include "arch/ukernel_template.h"
+#define DIRECT_NAME(v) fc_ddirect_ukr_ref_##v
+#define WGRAD_NAME fc_dwgrad_ukr_ref
+#include "arch/direct_template.h"
 
 const fc_arch fc_arch_ref = {
     "ref",
     "portable C",
     {4, 1, 4, 128, 256, 2048,
-     {0, fc_sgemm_ukr_ref_1, fc_sgemm_ukr_ref_2, fc_sgemm_ukr_ref_3, fc_sgemm_ukr_ref_4}},
+     {0, fc_sgemm_ukr_ref_1, fc_sgemm_ukr_ref_2, fc_sgemm_ukr_ref_3, fc_sgemm_ukr_ref_4},
+     4, 4, 4, 4, {0, fc_sdirect_ukr_ref_1, fc_sdirect_ukr_ref_2, fc_sdirect_ukr_ref_3, fc_sdirect_ukr_ref_4},
+     fc_swgrad_ukr_ref},
     {4, 1, 4, 128, 256, 2048,
-     {0, fc_dgemm_ukr_ref_1, fc_dgemm_ukr_ref_2, fc_dgemm_ukr_ref_3, fc_dgemm_ukr_ref_4}},
+     {0, fc_dgemm_ukr_ref_1, fc_dgemm_ukr_ref_2, fc_dgemm_ukr_ref_3, fc_dgemm_ukr_ref_4},
+     4, 4, 4, 4, {0, fc_ddirect_ukr_ref_1, fc_ddirect_ukr_ref_2, fc_ddirect_ukr_ref_3, fc_ddirect_ukr_ref_4},
+     fc_dwgrad_ukr_ref},
 };

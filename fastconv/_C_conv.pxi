@@ -6,6 +6,8 @@ cdef extern from "fastconv/conv.h" nogil:
     int fc_conv2d_prepare(fc_conv2d_desc *d)
     int fc_conv2d_set_input_grad_method(int method)
     int fc_conv2d_input_grad_method()
+    int fc_conv2d_set_direct_mode(int mode)
+    int fc_conv2d_direct_mode()
     int64_t fc_conv2d_workspace_bytes(const fc_conv2d_desc *d, int64_t elem_size)
     int fc_sconv2d_forward(const fc_context *ctx, const float *x, float *y, const float *weight,
                            const float *bias, const fc_conv2d_desc *d)
@@ -49,6 +51,24 @@ def conv2d_input_grad_method(method=None):
         if method not in _INPUT_GRAD_METHODS:
             raise ValueError(f"method must be one of {_INPUT_GRAD_METHODS}, got {method!r}")
         check(fc_conv2d_set_input_grad_method(_INPUT_GRAD_METHODS.index(method)))
+    return previous
+
+
+_DIRECT_MODES = ("auto", "never", "always")
+
+
+def conv2d_direct_mode(mode=None):
+    """The process-wide use of the direct-convolution kernels ("auto", "never" or "always"); sets it when given.
+
+    "auto" runs stride-1 layers with few filters per group on them; "never" keeps every layer on the GEMM path;
+    "always" sends every stride-1 layer with a small enough image there (tests check both paths so). Returns the
+    previous value.
+    """
+    previous = _DIRECT_MODES[fc_conv2d_direct_mode()]
+    if mode is not None:
+        if mode not in _DIRECT_MODES:
+            raise ValueError(f"mode must be one of {_DIRECT_MODES}, got {mode!r}")
+        check(fc_conv2d_set_direct_mode(_DIRECT_MODES.index(mode)))
     return previous
 
 

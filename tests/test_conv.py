@@ -126,9 +126,17 @@ def conv_problems(draw):
                 dtype=draw(st.sampled_from(DTYPES)), bias=draw(st.booleans()), seed=draw(st.integers(0, 2 ** 32 - 1)))
 
 
+@pytest.fixture(params=["never", "always"])
+def direct_mode(request):
+    """Run stride-1 layers on the GEMM path, then on the direct kernels (the default picks per layer)."""
+    previous = _C.conv2d_direct_mode(request.param)
+    yield request.param
+    _C.conv2d_direct_mode(previous)
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(problem=conv_problems())
-def test_conv_matches_reference_property(arch, nthreads, problem):
+def test_conv_matches_reference_property(arch, nthreads, direct_mode, problem):
     rng = np.random.default_rng(problem["seed"])
     x, weight, b = make_problem(rng, problem["x_shape"], problem["w_shape"], problem["dtype"], problem["bias"])
     check_conv(x, weight, b, problem["dtype"], problem["geometry"], rng)
@@ -174,7 +182,7 @@ MODE_CASES = {
 
 
 @pytest.mark.parametrize("case", list(MODE_CASES))
-def test_conv_modes(arch, nthreads, case):
+def test_conv_modes(arch, nthreads, direct_mode, case):
     x_shape, w_shape, geometry = MODE_CASES[case]
     run_case(x_shape, w_shape, geometry)
 
@@ -191,6 +199,38 @@ def input_grad_method(request):
 def test_conv_modes_each_input_grad_method(arch, nthreads, input_grad_method, case):
     x_shape, w_shape, geometry = MODE_CASES[case]
     run_case(x_shape, w_shape, geometry)
+
+
+# Direct kernels: tiles of filters (6 on AVX-512/AVX2, 4 portable) x pixel vectors, and of filters x taps for the
+# weight gradient; these cover partial filter blocks, every vector count of the last pixel block, taps not a
+# multiple of the tile, groups, dilation, padding, and staged batches of several images across threads.
+DIRECT_CASES = {
+    "lenet_conv1": ((5, 1, 32, 32), (6, 1, 5, 5), dict()),
+    "lenet_conv2": ((9, 6, 14, 14), (16, 6, 5, 5), dict()),
+    "filters_7_taps_odd": ((3, 3, 11, 13), (7, 3, 3, 2), dict(padding=(1, 2))),
+    "groups_dilation": ((4, 6, 15, 12), (10, 3, 3, 3), dict(padding=2, dilation=2, groups=2)),
+    "single_pixel_rows": ((3, 2, 5, 1), (5, 2, 3, 1), dict(padding=(1, 0))),
+    "many_images_staged": ((70, 4, 20, 20), (12, 4, 3, 3), dict(padding=1)),
+}
+
+
+@pytest.mark.parametrize("case", list(DIRECT_CASES))
+def test_direct_kernels(arch, nthreads, direct_mode, case):
+    x_shape, w_shape, geometry = DIRECT_CASES[case]
+    run_case(x_shape, w_shape, geometry)
+
+
+def test_direct_mode_setting():
+    previous = _C.conv2d_direct_mode()
+    assert previous == "auto"
+    try:
+        assert _C.conv2d_direct_mode("always") == "auto"
+        assert _C.conv2d_direct_mode() == "always"
+        with pytest.raises(ValueError, match="mode must be one of"):
+            _C.conv2d_direct_mode("sometimes")
+        assert _C.conv2d_direct_mode() == "always"
+    finally:
+        _C.conv2d_direct_mode(previous)
 
 
 def test_input_grad_method_setting():

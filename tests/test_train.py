@@ -70,7 +70,9 @@ def test_lenet5_overfits_16_digits():
     digits = data.load_digits_32("train")
     x, y = digits.images[:16], digits.labels[:16]
     model = lenet5(seed=3)
-    opt = optim.SGD(model, lr=0.05, momentum=0.9)
+    # lr 0.05 sits at the edge of stability for this batch: in float64 its loss climbs back to 2.2 at epoch 40,
+    # and whether float32 converges depended on rounding. At 0.02 float32 and float64 follow the same path.
+    opt = optim.SGD(model, lr=0.02, momentum=0.9)
     history = train.fit(model, (x, y), None, opt, 60, batch_size=16, progress=False, log=None)
     assert history[0]["train_loss"] > 1.0
     # independent of the history: cross-entropy of the trained model recomputed in NumPy

@@ -1,9 +1,22 @@
 /* AVX2+FMA micro-kernels (the only file built with -mavx2 -mfma).
  * float: 6 rows x 2 ymm (16 columns): 12 accumulators + 2 B vectors + 1 broadcast of the 16 ymm registers.
- * double: 6 rows x 2 ymm (8 columns). */
+ * double: 6 rows x 2 ymm (8 columns).
+ * Direct convolution: 6 filters x up to 2 vectors of pixels; weight gradient 3 filters x 4 taps (12 + 3 + 1). */
 #include <immintrin.h>
 
 #include "fastconv/dispatch.h"
+
+static inline float hsum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline double hsum_pd(__m256d v) {
+    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+}
 
 #define T float
 #define VEC __m256
@@ -19,6 +32,17 @@
 #define VMUL(a, b) _mm256_mul_ps(a, b)
 #define UKR_NAME(v) fc_sgemm_ukr_avx2_##v
 #include "../ukernel_template.h"
+#define VHSUM(x) hsum_ps(x)
+#define DFB 6
+#define DNV 2
+#define WFB 3
+#define WTB 4
+#define DIRECT_NAME(v) fc_sdirect_ukr_avx2_##v
+#define WGRAD_NAME fc_swgrad_ukr_avx2
+#include "../direct_template.h"
+#undef VHSUM
+#undef DIRECT_NAME
+#undef WGRAD_NAME
 #undef T
 #undef VEC
 #undef VL
@@ -47,10 +71,16 @@
 #define VMUL(a, b) _mm256_mul_pd(a, b)
 #define UKR_NAME(v) fc_dgemm_ukr_avx2_##v
 #include "../ukernel_template.h"
+#define VHSUM(x) hsum_pd(x)
+#define DIRECT_NAME(v) fc_ddirect_ukr_avx2_##v
+#define WGRAD_NAME fc_dwgrad_ukr_avx2
+#include "../direct_template.h"
 
 const fc_arch fc_arch_avx2 = {
     "avx2",
     "AVX2 + FMA3 (256-bit)",
-    {6, 8, 2, 144, 256, 4096, {0, fc_sgemm_ukr_avx2_1, fc_sgemm_ukr_avx2_2, 0, 0}},
-    {6, 4, 2, 144, 256, 2048, {0, fc_dgemm_ukr_avx2_1, fc_dgemm_ukr_avx2_2, 0, 0}},
+    {6, 8, 2, 144, 256, 4096, {0, fc_sgemm_ukr_avx2_1, fc_sgemm_ukr_avx2_2, 0, 0},
+     6, 2, 3, 4, {0, fc_sdirect_ukr_avx2_1, fc_sdirect_ukr_avx2_2, 0, 0}, fc_swgrad_ukr_avx2},
+    {6, 4, 2, 144, 256, 2048, {0, fc_dgemm_ukr_avx2_1, fc_dgemm_ukr_avx2_2, 0, 0},
+     6, 2, 3, 4, {0, fc_ddirect_ukr_avx2_1, fc_ddirect_ukr_avx2_2, 0, 0}, fc_dwgrad_ukr_avx2},
 };

@@ -1,6 +1,7 @@
 /* AVX-512F micro-kernels (the only file built with -mavx512f).
  * float: 8 rows x 3 zmm (48 columns): 24 accumulators + 3 B vectors + 1 broadcast fit in 32 zmm registers.
- * double: 8 rows x 3 zmm (24 columns). */
+ * double: 8 rows x 3 zmm (24 columns).
+ * Direct convolution (both types): 6 filters x up to 4 vectors of pixels; weight gradient 6 filters x 4 taps. */
 #include <immintrin.h>
 
 #include "fastconv/dispatch.h"
@@ -19,6 +20,17 @@
 #define VMUL(a, b) _mm512_mul_ps(a, b)
 #define UKR_NAME(v) fc_sgemm_ukr_avx512_##v
 #include "../ukernel_template.h"
+#define VHSUM(x) _mm512_reduce_add_ps(x)
+#define DFB 6
+#define DNV 4
+#define WFB 6
+#define WTB 4
+#define DIRECT_NAME(v) fc_sdirect_ukr_avx512_##v
+#define WGRAD_NAME fc_swgrad_ukr_avx512
+#include "../direct_template.h"
+#undef VHSUM
+#undef DIRECT_NAME
+#undef WGRAD_NAME
 #undef T
 #undef VEC
 #undef VL
@@ -47,10 +59,20 @@
 #define VMUL(a, b) _mm512_mul_pd(a, b)
 #define UKR_NAME(v) fc_dgemm_ukr_avx512_##v
 #include "../ukernel_template.h"
+#define VHSUM(x) _mm512_reduce_add_pd(x)
+#define DIRECT_NAME(v) fc_ddirect_ukr_avx512_##v
+#define WGRAD_NAME fc_dwgrad_ukr_avx512
+#include "../direct_template.h"
 
 const fc_arch fc_arch_avx512 = {
     "avx512",
     "AVX-512F (512-bit FMA)",
-    {8, 16, 3, 192, 384, 4096, {0, fc_sgemm_ukr_avx512_1, fc_sgemm_ukr_avx512_2, fc_sgemm_ukr_avx512_3, 0}},
-    {8, 8, 3, 192, 256, 2048, {0, fc_dgemm_ukr_avx512_1, fc_dgemm_ukr_avx512_2, fc_dgemm_ukr_avx512_3, 0}},
+    {8, 16, 3, 192, 384, 4096, {0, fc_sgemm_ukr_avx512_1, fc_sgemm_ukr_avx512_2, fc_sgemm_ukr_avx512_3, 0},
+     6, 4, 6, 4,
+     {0, fc_sdirect_ukr_avx512_1, fc_sdirect_ukr_avx512_2, fc_sdirect_ukr_avx512_3, fc_sdirect_ukr_avx512_4},
+     fc_swgrad_ukr_avx512},
+    {8, 8, 3, 192, 256, 2048, {0, fc_dgemm_ukr_avx512_1, fc_dgemm_ukr_avx512_2, fc_dgemm_ukr_avx512_3, 0},
+     6, 4, 6, 4,
+     {0, fc_ddirect_ukr_avx512_1, fc_ddirect_ukr_avx512_2, fc_ddirect_ukr_avx512_3, fc_ddirect_ukr_avx512_4},
+     fc_dwgrad_ukr_avx512},
 };

@@ -46,6 +46,15 @@ enum { FC_CONV_DX_AUTO = 0, FC_CONV_DX_COL2IM = 1, FC_CONV_DX_FLIPPED = 2 };
 int fc_conv2d_set_input_grad_method(int method);
 int fc_conv2d_input_grad_method(void);
 
+/* Direct convolution (arch/direct_template.h) for stride-1 layers with few filters, forward and weight gradient
+ * (and so the input gradient when it runs as a flipped forward convolution). Process-wide, for tests:
+ *   FC_CONV_DIRECT_AUTO    where it is faster (the default)
+ *   FC_CONV_DIRECT_NEVER   always the GEMM path
+ *   FC_CONV_DIRECT_ALWAYS  every stride-1 layer whose padded image is small enough */
+enum { FC_CONV_DIRECT_AUTO = 0, FC_CONV_DIRECT_NEVER = 1, FC_CONV_DIRECT_ALWAYS = 2 };
+int fc_conv2d_set_direct_mode(int mode);
+int fc_conv2d_direct_mode(void);
+
 /* Compute oh/ow and check every size product for int64 overflow. FC_ERR_ARG when the geometry is invalid. */
 int fc_conv2d_prepare(fc_conv2d_desc *d);
 

@@ -15,16 +15,35 @@ typedef void (*fc_sgemm_ukr)(int64_t k, const float *FC_RESTRICT a, const float 
 typedef void (*fc_dgemm_ukr)(int64_t k, const double *FC_RESTRICT a, const double *FC_RESTRICT b,
                              double *FC_RESTRICT c, int64_t rs_c, double alpha, double beta);
 
+/* Direct-convolution kernels (arch/direct_template.h): forward tile of dfb filters x v vectors of pixels, and
+ * the weight gradient's tile of wfb filters x wtb taps. */
+typedef void (*fc_sdirect_ukr)(int64_t ntaps, const int64_t *FC_RESTRICT off, const float *FC_RESTRICT x,
+                               const float *FC_RESTRICT w, float *FC_RESTRICT y, int64_t ldy, int fb);
+typedef void (*fc_ddirect_ukr)(int64_t ntaps, const int64_t *FC_RESTRICT off, const double *FC_RESTRICT x,
+                               const double *FC_RESTRICT w, double *FC_RESTRICT y, int64_t ldy, int fb);
+typedef void (*fc_swgrad_ukr)(int64_t nimg, int64_t nq, const float *FC_RESTRICT dy, int64_t lddy, int64_t dy_img,
+                              const float *FC_RESTRICT x, int64_t x_img, const int64_t *FC_RESTRICT off,
+                              float *FC_RESTRICT out, int64_t ldo, int fb, int tb);
+typedef void (*fc_dwgrad_ukr)(int64_t nimg, int64_t nq, const double *FC_RESTRICT dy, int64_t lddy,
+                              int64_t dy_img, const double *FC_RESTRICT x, int64_t x_img,
+                              const int64_t *FC_RESTRICT off, double *FC_RESTRICT out, int64_t ldo, int fb, int tb);
+
 typedef struct fc_sgemm_kernel {
     int mr, vl, nv;     /* tile: mr rows x (nv * vl) columns */
     int mc, kc, nc;     /* cache blocking: A block mc x kc (L2), B panel kc x nc (L3), B micro-panel in L1 */
     fc_sgemm_ukr ukr[FC_MAX_NV + 1]; /* ukr[v] handles v vectors of columns */
+    int dfb, dnv, wfb, wtb;
+    fc_sdirect_ukr direct[FC_MAX_NV + 1]; /* direct[v]: v vectors of pixels */
+    fc_swgrad_ukr wgrad;
 } fc_sgemm_kernel;
 
 typedef struct fc_dgemm_kernel {
     int mr, vl, nv;
     int mc, kc, nc;
     fc_dgemm_ukr ukr[FC_MAX_NV + 1];
+    int dfb, dnv, wfb, wtb;
+    fc_ddirect_ukr direct[FC_MAX_NV + 1];
+    fc_dwgrad_ukr wgrad;
 } fc_dgemm_kernel;
 
 typedef struct fc_arch {
