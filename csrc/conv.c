@@ -132,6 +132,7 @@ static int fc_conv2d_use_direct(const fc_conv2d_desc *d, int vl, int64_t elem_si
     if (direct_mode == FC_CONV_DIRECT_ALWAYS) return 1;
     int64_t fg = d->f / d->groups;
     if (d->kh == 1 && d->kw == 1) return 0; /* 1x1: the GEMM path reads the image as is, nothing to gain */
+    if (2 * d->oh * d->ow < g.qv) return 0;  /* mostly dropped wide-grid columns (LeNet's C5: 1 pixel of 16) */
     return fg >= 2 && fg <= FC_DIRECT_MAX_FILTERS && d->c / d->groups * g.plane * elem_size <= FC_DIRECT_MAX_IMAGE_BYTES;
 }
 
