@@ -153,10 +153,11 @@ MODE_CASES = {
                                         dict(stride=2, padding=2, dilation=2, groups=2)),
     # more columns than the float32 GEMM's nc (4096) in one image
     "large_wider_than_nc": ((1, 2, 66, 66), (3, 2, 3, 3), dict(padding=1)),
-    # small images: 21 images per GEMM, 45 = 21 + 21 + 3; F=40 makes the output scatter multi-threaded
+    # small images: 21 images per GEMM wanted, run as 3 equal batches of 15 (one per thread with 2 threads);
+    # F=40 makes the output scatter multi-threaded when a batch runs on every thread
     "batched_uneven": ((45, 3, 10, 10), (40, 3, 3, 3), dict(padding=1)),
     "batched_groups3": ((7, 6, 9, 9), (6, 2, 3, 2), dict(stride=(2, 1), padding=(1, 0), groups=3)),
-    # the staging buffer caps images per GEMM: 2100 x 16 columns each -> 124 of 128 wanted; 130 = 124 + 6
+    # the staging buffer caps images per GEMM: 2100 x 16 columns each -> 124 of 128 wanted; 130 = 65 + 65
     "batched_capped": ((130, 1, 8, 8), (2100, 1, 1, 1), dict(stride=2)),
     # pointwise: large and small images, groups 2, and dilation (meaningless for 1x1) still pointwise
     "pointwise_large": ((2, 4, 48, 48), (6, 2, 1, 1), dict(groups=2)),
