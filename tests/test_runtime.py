@@ -23,8 +23,10 @@ def run_python(tmp_path, code=None, args=(), **env_overrides):
     """Run `python -c code` (or `python *args`) in a clean subprocess; returns the CompletedProcess.
 
     The child inherits our environment minus the variables fastconv reads at import (FASTCONV_ARCH,
-    OMP_NUM_THREADS), plus `env_overrides`, with this checkout first on PYTHONPATH."""
-    env = {k: v for k, v in os.environ.items() if k not in ("FASTCONV_ARCH", "OMP_NUM_THREADS")}
+    OMP_NUM_THREADS, GOMP_SPINCOUNT, OMP_WAIT_POLICY), plus `env_overrides`, with this checkout first on
+    PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("FASTCONV_ARCH", "OMP_NUM_THREADS", "GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
     env["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
                                                           if p])
     env.update(env_overrides)
@@ -95,6 +97,23 @@ def test_unknown_fastconv_arch_is_a_clear_import_error(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ threads
+
+SPIN_PROBE = "import os, fastconv; print(os.environ.get('GOMP_SPINCOUNT'))"
+
+
+def test_short_openmp_spin_by_default(tmp_path):
+    proc = run_python(tmp_path, SPIN_PROBE)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "10000"
+
+
+@pytest.mark.parametrize("user_env, expected", [(dict(GOMP_SPINCOUNT="5"), "5"),
+                                                (dict(OMP_WAIT_POLICY="active"), "None")])
+def test_user_openmp_wait_settings_win(tmp_path, user_env, expected):
+    proc = run_python(tmp_path, SPIN_PROBE, **user_env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == expected
+
 
 def test_omp_num_threads_sets_the_count(tmp_path):
     proc = run_python(tmp_path, "import fastconv; print(fastconv.get_num_threads()); fastconv.show_config()",
