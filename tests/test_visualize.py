@@ -45,7 +45,10 @@ def lenet(digits, one_thread):
     from fastconv.data import DataLoader
     train, test = digits
     model = get_model("lenet5", seed=0)
-    opt = optim.SGD(model, lr=0.05, momentum=0.9)
+    # at lr 0.05 float32 training is chaotic here: a change in rounding (a different but equally exact kernel)
+    # moved the weights by 68 % after 4 epochs (float64 runs agree to 1e-12), and the class-model ascent for
+    # digit 1 then stalled below digit 2. At 0.02 the model is as accurate and the tests do not hinge on rounding.
+    opt = optim.SGD(model, lr=0.02, momentum=0.9)
     loss = nn.CrossEntropyLoss()
     for epoch in range(4):
         for x, y in DataLoader(train, 32, shuffle=True, seed=epoch):
