@@ -113,8 +113,10 @@ static int fc_direct_grid_init(fc_direct_grid *g, const fc_conv2d_desc *d, int v
     g->qv = ((d->oh - 1) * g->wp + d->ow + vl - 1) / vl * vl;
     g->slack = vl;
     /* the gradient's wide rows, fg rounded up to any weight-gradient tile height (<= 16) */
-    int64_t per_image = stage + g->slack + (fg + 16) * g->qv;
-    if (per_image > FC_DIRECT_MAX_STAGE) return FC_ERR_OVERFLOW;
+    int64_t rows, per_image;
+    if (fc_mul_overflow(fg + 16, g->qv, &rows) || fc_add_overflow(rows, stage + g->slack, &per_image) ||
+        per_image > FC_DIRECT_MAX_STAGE)
+        return FC_ERR_OVERFLOW;
     g->stage_images = FC_DIRECT_STAGE_ELEMS / per_image;
     if (g->stage_images < 1) g->stage_images = 1;
     return FC_OK;

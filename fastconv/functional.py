@@ -157,8 +157,11 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     -------
     y : (N, F, Ho, Wo) with Ho = (H + 2*ph - dh*(kh-1) - 1) // sh + 1 (likewise Wo).
 
-    The forward pass packs GEMM operands straight from the image (no im2col matrix): its workspace is the GEMM's
-    packing buffers only, at most (mc*kc + kc*nc) elements per thread (about 7 MiB in float32 with AVX-512).
+    Two ways, chosen per layer (docs/kernels-performance.md): stride-1 layers with few filters per group and a
+    small image run direct-convolution kernels on a zero-padded copy of one image per thread (at most 4M
+    elements, plus the packed weights); the others run the GEMM with operands packed straight from the image (no
+    im2col matrix), whose workspace is the packing buffers, at most (mc*kc + kc*nc) elements per thread (about
+    7 MiB in float32 with AVX-512).
     """
     x, weight, bias, stride, padding, dilation, groups, out_shape = _conv_args(
         x, weight, bias, stride, padding, dilation, groups)
@@ -173,9 +176,12 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
     """Gradients of conv2d: returns (dx, dweight, dbias), None for those not asked for.
 
     dy : (N, F, Ho, Wo), the gradient of the loss with respect to conv2d's output; x and weight as given to
-    conv2d. The input gradient multiplies weight^T by dy one tile of output pixels at a time and scatters it
-    back (col2im); its workspace is C/groups*kh*kw x tile elements per thread, bounded by 2**20 elements
-    (4 MiB float32, 8 MiB float64) plus the GEMM packing buffers, whatever the batch size.
+    conv2d. The input gradient of a stride-1 layer is usually the forward convolution of dy with the flipped,
+    transposed weights (workspace: that copy of the weights, plus the forward's); otherwise it multiplies
+    weight^T by dy one tile of output pixels at a time and scatters it back (col2im), with a workspace of
+    C/groups*kh*kw x tile elements per thread, bounded by 2**20 elements (4 MiB float32, 8 MiB float64) plus the
+    GEMM packing buffers, whatever the batch size. The weight gradient runs on the direct kernels or the GEMM as
+    the forward does; the direct one stages at most 2**18 elements of input and gradient per thread.
     """
     x, weight, _, stride, padding, dilation, groups, out_shape = _conv_args(
         x, weight, None, stride, padding, dilation, groups)
