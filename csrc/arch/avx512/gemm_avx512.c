@@ -28,22 +28,7 @@
 #define DIRECT_NAME(v) fc_sdirect_ukr_avx512_##v
 #define WGRAD_NAME fc_swgrad_ukr_avx512
 #include "../direct_template.h"
-#undef VHSUM
-#undef DIRECT_NAME
-#undef WGRAD_NAME
-#undef T
-#undef VEC
-#undef VL
-#undef MR
-#undef NV
-#undef VZERO
-#undef VLOAD
-#undef VLOADU
-#undef VSTOREU
-#undef VSET1
-#undef VFMA
-#undef VMUL
-#undef UKR_NAME
+#include "../template_undef.h"
 
 #define T double
 #define VEC __m512d

@@ -1,0 +1,19 @@
+/* Ends one element type's instantiation of ukernel_template.h and direct_template.h in an ISA file: undefines the
+ * per-type parameters so the next type can define its own. The tile sizes of the direct kernels (DFB DNV WFB
+ * WTB) are shared by both types and stay defined. */
+#undef T
+#undef VEC
+#undef VL
+#undef MR
+#undef NV
+#undef VZERO
+#undef VLOAD
+#undef VLOADU
+#undef VSTOREU
+#undef VSET1
+#undef VFMA
+#undef VMUL
+#undef VHSUM
+#undef UKR_NAME
+#undef DIRECT_NAME
+#undef WGRAD_NAME
