@@ -141,6 +141,13 @@ static int fc_conv2d_use_direct(const fc_conv2d_desc *d, int vl, int64_t elem_si
     return fg >= 2 && fg <= FC_DIRECT_MAX_FILTERS && d->c / d->groups * g.plane * elem_size <= FC_DIRECT_MAX_IMAGE_BYTES;
 }
 
+int fc_conv2d_forward_path(const fc_context *ctx, const fc_conv2d_desc *d, int64_t elem_size) {
+    if (fc_conv2d_use_winograd(d)) return FC_CONV_PATH_WINOGRAD;
+    int vl = elem_size == (int64_t)sizeof(float) ? ctx->arch->s.vl : ctx->arch->d.vl;
+    if (d->n > 0 && fc_conv2d_use_direct(d, vl, elem_size)) return FC_CONV_PATH_DIRECT;
+    return FC_CONV_PATH_GEMM;
+}
+
 #define T float
 #define PFX s
 #define KERNEL_T fc_sgemm_kernel

@@ -124,7 +124,7 @@ FC_DEFINE_PACK(double, d)
 
 /* Grow-only per-thread scratch. Threads of the OpenMP pool persist, so after the first call of a given size no
  * allocation (and no page fault) happens on the hot path. */
-#define FC_THREAD_SLOTS 4
+#define FC_THREAD_SLOTS 5
 static _Thread_local void *slot_ptr[FC_THREAD_SLOTS];
 static _Thread_local int64_t slot_cap[FC_THREAD_SLOTS];
 

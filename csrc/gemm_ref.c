@@ -40,6 +40,10 @@ FC_DEFINE_NAIVE(double, d)
 #define DIRECT_NAME(v) fc_sdirect_ukr_ref_##v
 #define WGRAD_NAME fc_swgrad_ukr_ref
 #include "arch/direct_template.h"
+#define VSTORE_FIRST(d, s, n) /* VL = 1: n is always 0 */
+#define WINO_NAME(x) fc_swinograd_##x##_ref
+#include "arch/winograd_template.h"
+#undef WINO_NAME
 #undef DIRECT_NAME
 #undef WGRAD_NAME
 #undef T
@@ -57,6 +61,8 @@ FC_DEFINE_NAIVE(double, d)
 #define DIRECT_NAME(v) fc_ddirect_ukr_ref_##v
 #define WGRAD_NAME fc_dwgrad_ukr_ref
 #include "arch/direct_template.h"
+#define WINO_NAME(x) fc_dwinograd_##x##_ref
+#include "arch/winograd_template.h"
 
 const fc_arch fc_arch_ref = {
     "ref",
@@ -64,9 +70,11 @@ const fc_arch fc_arch_ref = {
     {4, 1, 4, 128, 256, 2048,
      {0, fc_sgemm_ukr_ref_1, fc_sgemm_ukr_ref_2, fc_sgemm_ukr_ref_3, fc_sgemm_ukr_ref_4},
      4, 4, 4, 4, {0, fc_sdirect_ukr_ref_1, fc_sdirect_ukr_ref_2, fc_sdirect_ukr_ref_3, fc_sdirect_ukr_ref_4},
-     fc_swgrad_ukr_ref},
+     fc_swgrad_ukr_ref, fc_swinograd_input_ref,
+     fc_swinograd_weights_ref, fc_swinograd_output_ref},
     {4, 1, 4, 128, 256, 2048,
      {0, fc_dgemm_ukr_ref_1, fc_dgemm_ukr_ref_2, fc_dgemm_ukr_ref_3, fc_dgemm_ukr_ref_4},
      4, 4, 4, 4, {0, fc_ddirect_ukr_ref_1, fc_ddirect_ukr_ref_2, fc_ddirect_ukr_ref_3, fc_ddirect_ukr_ref_4},
-     fc_dwgrad_ukr_ref},
+     fc_dwgrad_ukr_ref, fc_dwinograd_input_ref,
+     fc_dwinograd_weights_ref, fc_dwinograd_output_ref},
 };

@@ -8,7 +8,10 @@ cdef extern from "fastconv/conv.h" nogil:
     int fc_conv2d_input_grad_method()
     int fc_conv2d_set_direct_mode(int mode)
     int fc_conv2d_direct_mode()
+    int fc_conv2d_set_winograd_mode(int mode)
+    int fc_conv2d_winograd_mode()
     int64_t fc_conv2d_workspace_bytes(const fc_conv2d_desc *d, int64_t elem_size)
+    int fc_conv2d_forward_path(const fc_context *ctx, const fc_conv2d_desc *d, int64_t elem_size)
     int fc_sconv2d_forward(const fc_context *ctx, const float *x, float *y, const float *weight,
                            const float *bias, const fc_conv2d_desc *d)
     int fc_dconv2d_forward(const fc_context *ctx, const double *x, double *y, const double *weight,
@@ -72,6 +75,25 @@ def conv2d_direct_mode(mode=None):
     return previous
 
 
+_WINOGRAD_MODES = ("auto", "never", "always")
+
+
+def conv2d_winograd_mode(mode=None):
+    """The process-wide use of Winograd F(2x2, 3x3) ("auto", "never" or "always"); sets it when given.
+
+    "auto" runs 3x3 stride-1 undilated layers with at least 16 channels and 16 filters per group on it (their
+    forward, and their input gradient when computed as a flipped forward convolution); "never" keeps them on the
+    other paths; "always" sends every 3x3 stride-1 undilated layer there (tests check both ways). Returns the
+    previous value.
+    """
+    previous = _WINOGRAD_MODES[fc_conv2d_winograd_mode()]
+    if mode is not None:
+        if mode not in _WINOGRAD_MODES:
+            raise ValueError(f"mode must be one of {_WINOGRAD_MODES}, got {mode!r}")
+        check(fc_conv2d_set_winograd_mode(_WINOGRAD_MODES.index(mode)))
+    return previous
+
+
 def conv2d_output_hw(tuple x_shape, tuple w_shape, tuple stride, tuple padding, tuple dilation, int64_t groups):
     cdef fc_conv2d_desc d = _conv_desc(x_shape, w_shape, stride, padding, dilation, groups)
     return d.oh, d.ow
@@ -81,6 +103,18 @@ def conv2d_workspace_bytes(tuple x_shape, tuple w_shape, tuple stride, tuple pad
                            int64_t groups, int64_t itemsize):
     cdef fc_conv2d_desc d = _conv_desc(x_shape, w_shape, stride, padding, dilation, groups)
     return fc_conv2d_workspace_bytes(&d, itemsize)
+
+
+_FORWARD_PATHS = ("gemm", "direct", "winograd")
+
+
+def conv2d_forward_path(tuple x_shape, tuple w_shape, tuple stride, tuple padding, tuple dilation, int64_t groups,
+                        int64_t itemsize):
+    """Which kernels the forward convolution of these shapes runs on with the current arch, thread count and
+    settings: "gemm" (implicit im2col + GEMM), "direct" or "winograd"."""
+    cdef fc_conv2d_desc d = _conv_desc(x_shape, w_shape, stride, padding, dilation, groups)
+    cdef fc_context ctx = fc_context_default()
+    return _FORWARD_PATHS[fc_conv2d_forward_path(&ctx, &d, itemsize)]
 
 
 def conv2d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, const real[:, :, :, ::1] weight,

@@ -157,11 +157,15 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     -------
     y : (N, F, Ho, Wo) with Ho = (H + 2*ph - dh*(kh-1) - 1) // sh + 1 (likewise Wo).
 
-    Two ways, chosen per layer (docs/kernels-performance.md): stride-1 layers with few filters per group and a
-    small image run direct-convolution kernels on a zero-padded copy of one image per thread (at most 4M
-    elements, plus the packed weights); the others run the GEMM with operands packed straight from the image (no
-    im2col matrix), whose workspace is the packing buffers, at most (mc*kc + kc*nc) elements per thread (about
-    7 MiB in float32 with AVX-512).
+    Three ways, chosen per layer (docs/kernels-performance.md; ``fastconv._C.conv2d_forward_path`` tells which):
+    3x3 stride-1 undilated layers with >= 16 channels and >= 32 filters per group run Winograd F(2x2, 3x3)
+    (2.25x fewer multiplications; workspace: the transformed weights, 16 x F x C/groups elements, plus per thread
+    16 x (C + F)/groups x about 96 tiles); other stride-1 layers with few filters per group and a small image run
+    direct-convolution kernels on a zero-padded copy of one image per thread (at most 4M elements, plus the
+    packed weights); the others run the GEMM with operands packed straight from the image (no im2col matrix),
+    whose workspace is the packing buffers, at most (mc*kc + kc*nc) elements per thread (about 7 MiB in float32
+    with AVX-512). Winograd's rounding error is within a small multiple of the direct sum's
+    (``fastconv.testing.conv2d_winograd_bound``).
     """
     x, weight, bias, stride, padding, dilation, groups, out_shape = _conv_args(
         x, weight, bias, stride, padding, dilation, groups)
@@ -180,8 +184,8 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
     transposed weights (workspace: that copy of the weights, plus the forward's); otherwise it multiplies
     weight^T by dy one tile of output pixels at a time and scatters it back (col2im), with a workspace of
     C/groups*kh*kw x tile elements per thread, bounded by 2**20 elements (4 MiB float32, 8 MiB float64) plus the
-    GEMM packing buffers, whatever the batch size. The weight gradient runs on the direct kernels or the GEMM as
-    the forward does; the direct one stages at most 2**18 elements of input and gradient per thread.
+    GEMM packing buffers, whatever the batch size (the flipped convolution may itself run on Winograd). The
+    weight gradient runs on the direct kernels or the GEMM as the forward does (never on Winograd); the direct one stages at most 2**18 elements of input and gradient per thread.
     """
     x, weight, _, stride, padding, dilation, groups, out_shape = _conv_args(
         x, weight, None, stride, padding, dilation, groups)

@@ -152,6 +152,45 @@ def conv2d_ref(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     return y.astype(x.dtype, copy=False)
 
 
+# Winograd F(2x2, 3x3): y_tile = A^T [(G g G^T) . (B^T d B)] A for each 4x4 input tile d (Lavin & Gray, 2016).
+_WINOGRAD_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
+_WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
+_WINOGRAD_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
+
+
+def conv2d_winograd_bound(x, weight, bias=None, padding=0, groups=1):
+    """The F(2x2, 3x3) pipeline run on absolute values, in float64: one value per output of the 3x3, stride-1
+    convolution ``conv2d_ref(x, weight, bias, padding=padding, groups=groups)``.
+
+    Rounding analysis of the Winograd algorithm: every value it computes (transformed tiles, their products, the
+    channel sums, the inverse transform) is a sum of terms whose absolute values add up to at most the matching
+    value of this pipeline with every matrix and operand replaced by its absolute value, so with K = C/groups
+    channels summed and at most 16 further rounding steps along any path, an implementation is within
+    ``(K + 16) * eps * bound`` of the exact result. The bound is at least the direct sum's sum |x| |w|.
+    """
+    x64, w64 = np.abs(_f64(x)), np.abs(_f64(weight))
+    n, c, h, w = x64.shape
+    f, cg, kh, kw = w64.shape
+    if (kh, kw) != (3, 3) or c != cg * groups or f % groups:
+        raise ValueError(f"x {x64.shape} and weight {w64.shape}: need 3x3 filters that fit groups={groups}")
+    ph, pw = _pair(padding, "padding")
+    ho, wo = h + 2 * ph - 2, w + 2 * pw - 2
+    th, tw = -(-ho // 2), -(-wo // 2)
+    padded = np.zeros((n, c, 2 * th + 2, 2 * tw + 2))
+    rows, cols = min(h, 2 * th + 2 - ph), min(w, 2 * tw + 2 - pw)
+    padded[:, :, ph:ph + rows, pw:pw + cols] = x64[:, :, :rows, :cols]
+    tiles = sliding_window_view(padded, (4, 4), axis=(2, 3))[:, :, ::2, ::2]  # n c th tw 4 4
+    bt, g, at = np.abs(_WINOGRAD_BT), np.abs(_WINOGRAD_G), np.abs(_WINOGRAD_AT)
+    v = np.einsum("ij,nctujk,lk->nctuil", bt, tiles, bt).reshape(n, groups, cg, th, tw, 4, 4)
+    u = np.einsum("ij,fcjk,lk->fcil", g, w64, g).reshape(groups, f // groups, cg, 4, 4)
+    m = np.einsum("gfcil,ngctuil->ngftuil", u, v).reshape(n, f, th, tw, 4, 4)
+    out = np.einsum("ij,nftujk,lk->nftuil", at, m, at)  # n f th tw 2 2
+    out = out.transpose(0, 1, 2, 4, 3, 5).reshape(n, f, 2 * th, 2 * tw)[:, :, :ho, :wo]
+    if bias is not None:
+        out = out + np.abs(_f64(bias)).reshape(1, f, 1, 1)
+    return out
+
+
 def conv2d_backward_ref(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *, need_input_grad=True,
                         need_weight_grad=True, need_bias_grad=True):
     """Gradients of conv2d_ref: dy (N, F, Ho, Wo) -> (dx like x, dw like weight, db (F,)); None where not asked.

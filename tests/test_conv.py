@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 import fastconv
 from fastconv import _C
 from fastconv.functional import conv2d, conv2d_backward
-from fastconv.testing import conv2d_backward_ref, conv2d_ref, max_relative_error, numerical_gradient
+from fastconv.testing import (conv2d_backward_ref, conv2d_ref, conv2d_winograd_bound, max_relative_error,
+                              numerical_gradient)
 
 DTYPES = [np.float32, np.float64]
 MIN_COLS = 2048          # FC_CONV_MIN_COLS: images with fewer output pixels are batched into one GEMM
@@ -219,6 +220,103 @@ DIRECT_CASES = {
 def test_direct_kernels(arch, nthreads, direct_mode, case):
     x_shape, w_shape, geometry = DIRECT_CASES[case]
     run_case(x_shape, w_shape, geometry)
+
+
+# Winograd F(2x2, 3x3) (3x3, stride 1, no dilation): blocks of 96 tiles in micro-panels of nr tiles (48 on AVX-512
+# float32, 16 on AVX2, 4 portable), runs of a tile row shorter than a vector, the GEMM's kc slices of the channels
+# (kc = 192 to 384: 400 channels need two or three), filters not a multiple of the micro-kernel's rows, odd
+# output sizes (half tiles), padding 0 and 2, groups, a 1x1 output, and a single block shared by 2 threads
+# (each takes half of the filter panels).
+WINOGRAD_CASES = {
+    "odd_sizes_pad1": ((3, 5, 9, 7), (7, 5, 3, 3), dict(padding=1)),
+    "pad0_pad2": ((2, 4, 11, 6), (9, 4, 3, 3), dict(padding=(0, 2))),
+    "groups": ((2, 6, 8, 8), (15, 2, 3, 3), dict(padding=1, groups=3)),
+    "one_output": ((4, 3, 3, 3), (5, 3, 3, 3), dict()),
+    "many_blocks": ((3, 2, 30, 26), (3, 2, 3, 3), dict(padding=1)),
+    "channels_over_kc": ((2, 400, 6, 6), (10, 400, 3, 3), dict(padding=1)),
+    "one_block_many_filters": ((1, 8, 10, 10), (70, 8, 3, 3), dict(padding=1)),
+    "long_rows": ((1, 3, 5, 150), (4, 3, 3, 3), dict(padding=1)),
+}
+
+
+@pytest.fixture(params=["never", "always"])
+def winograd_mode(request):
+    """Run 3x3 stride-1 layers on the other paths, then on Winograd F(2x2, 3x3) (the default picks per layer)."""
+    previous = _C.conv2d_winograd_mode(request.param)
+    yield request.param
+    _C.conv2d_winograd_mode(previous)
+
+
+def winograd_tolerance(direct_bound, terms, winograd_bound, channels, dtype):
+    """The larger of the direct sum's rounding bound and Winograd's (testing.conv2d_winograd_bound)."""
+    eps = np.finfo(dtype).eps
+    return np.maximum((terms + 2) * eps * direct_bound, (channels + 16) * eps * winograd_bound)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", list(WINOGRAD_CASES))
+def test_winograd(arch, nthreads, winograd_mode, dtype, case):
+    x_shape, w_shape, geometry = WINOGRAD_CASES[case]
+    padding, groups = geometry.get("padding", 0), geometry.get("groups", 1)
+    padding2 = tuple(int(p) for p in np.broadcast_to(padding, 2))
+    path = _C.conv2d_forward_path(x_shape, w_shape, (1, 1), padding2, (1, 1), groups, np.dtype(dtype).itemsize)
+    assert (path == "winograd") == (winograd_mode == "always"), path
+    rng = np.random.default_rng(7)
+    x, weight, b = make_problem(rng, x_shape, w_shape, dtype)
+    y = conv2d(x, weight, b, **geometry)
+    x64, w64, b64 = (a.astype(np.float64) for a in (x, weight, b))
+    f, cg = w_shape[:2]
+    tol = winograd_tolerance(conv2d_ref(np.abs(x64), np.abs(w64), np.abs(b64), **geometry), cg * 9,
+                             conv2d_winograd_bound(x64, w64, b64, **geometry), cg, dtype)
+    err = np.abs(y - conv2d_ref(x64, w64, b64, **geometry))
+    assert (err <= tol).all(), f"y: worst error / tolerance {np.max(err / tol):.3g}"
+
+    # dx: the forward convolution of dy (padded by 2 - padding) with the flipped, channel-transposed weights
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx, dw, db = conv2d_backward(dy, x, weight, **geometry)
+    dy64 = dy.astype(np.float64)
+    dx_ref, dw_ref, db_ref = conv2d_backward_ref(dy64, x64, w64, **geometry)
+    dx_bound, dw_bound, db_bound = conv2d_backward_ref(np.abs(dy64), np.abs(x64), np.abs(w64), **geometry)
+    flipped = w64[:, :, ::-1, ::-1].reshape(groups, f // groups, cg, 3, 3).transpose(0, 2, 1, 3, 4)
+    flipped = flipped.reshape(groups * cg, f // groups, 3, 3)
+    flip_padding = tuple(2 - p for p in padding2)
+    tol = winograd_tolerance(dx_bound, f // groups * 9,
+                             conv2d_winograd_bound(dy64, flipped, padding=flip_padding, groups=groups), f // groups,
+                             dtype)
+    err = np.abs(dx - dx_ref)
+    assert (err <= tol).all(), f"dx: worst error / tolerance {np.max(err / tol):.3g}"
+    n, _, oh, ow = y.shape
+    assert_within_rounding(dw, dw_ref, dw_bound, n * oh * ow, dtype, "dw")
+    assert_within_rounding(db, db_ref, db_bound, n * oh * ow, dtype, "db")
+
+
+def test_winograd_mode_setting():
+    previous = _C.conv2d_winograd_mode()
+    assert previous == "auto"
+    try:
+        assert _C.conv2d_winograd_mode("never") == "auto"
+        assert _C.conv2d_winograd_mode() == "never"
+        with pytest.raises(ValueError, match="mode must be one of"):
+            _C.conv2d_winograd_mode(True)
+        assert _C.conv2d_winograd_mode() == "never"
+    finally:
+        _C.conv2d_winograd_mode(previous)
+
+
+def test_winograd_auto_choice():
+    """By default: 3x3 stride-1 undilated layers with >= 16 channels and >= 32 filters per group."""
+    def path(x_shape, w_shape, stride=1, dilation=1, groups=1):
+        return _C.conv2d_forward_path(x_shape, w_shape, (stride, stride), (1, 1), (dilation, dilation), groups, 4)
+    assert path((2, 64, 56, 56), (64, 64, 3, 3)) == "winograd"
+    assert path((2, 512, 7, 7), (512, 512, 3, 3)) == "winograd"
+    assert path((2, 16, 28, 28), (32, 16, 3, 3)) == "winograd"
+    assert path((2, 8, 28, 28), (32, 8, 3, 3)) != "winograd"       # few channels
+    assert path((2, 32, 28, 28), (16, 32, 3, 3)) != "winograd"     # few filters
+    assert path((2, 64, 56, 56), (64, 64, 3, 3), stride=2) != "winograd"
+    assert path((2, 64, 56, 56), (64, 64, 3, 3), dilation=2) != "winograd"
+    assert path((2, 64, 56, 56), (64, 32, 3, 3), groups=2) == "winograd"
+    assert path((2, 64, 56, 56), (64, 4, 3, 3), groups=16) != "winograd"
+    assert path((2, 64, 56, 56), (64, 64, 5, 5)) != "winograd"
 
 
 def test_direct_mode_setting():

@@ -17,3 +17,5 @@
 #undef UKR_NAME
 #undef DIRECT_NAME
 #undef WGRAD_NAME
+#undef WINO_NAME
+#undef VSTORE_FIRST

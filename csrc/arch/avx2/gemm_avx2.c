@@ -40,6 +40,11 @@ static inline double hsum_pd(__m256d v) {
 #define DIRECT_NAME(v) fc_sdirect_ukr_avx2_##v
 #define WGRAD_NAME fc_swgrad_ukr_avx2
 #include "../direct_template.h"
+#define VSTORE_FIRST(d, s, n)                                                                                \
+    _mm256_maskstore_ps(d, _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)), \
+                        _mm256_load_ps(s))
+#define WINO_NAME(x) fc_swinograd_##x##_avx2
+#include "../winograd_template.h"
 #include "../template_undef.h"
 
 #define T double
@@ -60,12 +65,18 @@ static inline double hsum_pd(__m256d v) {
 #define DIRECT_NAME(v) fc_ddirect_ukr_avx2_##v
 #define WGRAD_NAME fc_dwgrad_ukr_avx2
 #include "../direct_template.h"
+#define VSTORE_FIRST(d, s, n) \
+    _mm256_maskstore_pd(d, _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3)), _mm256_load_pd(s))
+#define WINO_NAME(x) fc_dwinograd_##x##_avx2
+#include "../winograd_template.h"
 
 const fc_arch fc_arch_avx2 = {
     "avx2",
     "AVX2 + FMA3 (256-bit)",
     {6, 8, 2, 144, 256, 4096, {0, fc_sgemm_ukr_avx2_1, fc_sgemm_ukr_avx2_2, 0, 0},
-     6, 2, 3, 4, {0, fc_sdirect_ukr_avx2_1, fc_sdirect_ukr_avx2_2, 0, 0}, fc_swgrad_ukr_avx2},
+     6, 2, 3, 4, {0, fc_sdirect_ukr_avx2_1, fc_sdirect_ukr_avx2_2, 0, 0}, fc_swgrad_ukr_avx2, fc_swinograd_input_avx2,
+     fc_swinograd_weights_avx2, fc_swinograd_output_avx2},
     {6, 4, 2, 144, 256, 2048, {0, fc_dgemm_ukr_avx2_1, fc_dgemm_ukr_avx2_2, 0, 0},
-     6, 2, 3, 4, {0, fc_ddirect_ukr_avx2_1, fc_ddirect_ukr_avx2_2, 0, 0}, fc_dwgrad_ukr_avx2},
+     6, 2, 3, 4, {0, fc_ddirect_ukr_avx2_1, fc_ddirect_ukr_avx2_2, 0, 0}, fc_dwgrad_ukr_avx2, fc_dwinograd_input_avx2,
+     fc_dwinograd_weights_avx2, fc_dwinograd_output_avx2},
 };

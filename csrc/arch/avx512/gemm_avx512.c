@@ -28,6 +28,9 @@
 #define DIRECT_NAME(v) fc_sdirect_ukr_avx512_##v
 #define WGRAD_NAME fc_swgrad_ukr_avx512
 #include "../direct_template.h"
+#define VSTORE_FIRST(d, s, n) _mm512_mask_storeu_ps(d, (__mmask16)((1u << (n)) - 1), _mm512_load_ps(s))
+#define WINO_NAME(x) fc_swinograd_##x##_avx512
+#include "../winograd_template.h"
 #include "../template_undef.h"
 
 #define T double
@@ -48,6 +51,9 @@
 #define DIRECT_NAME(v) fc_ddirect_ukr_avx512_##v
 #define WGRAD_NAME fc_dwgrad_ukr_avx512
 #include "../direct_template.h"
+#define VSTORE_FIRST(d, s, n) _mm512_mask_storeu_pd(d, (__mmask8)((1u << (n)) - 1), _mm512_load_pd(s))
+#define WINO_NAME(x) fc_dwinograd_##x##_avx512
+#include "../winograd_template.h"
 
 const fc_arch fc_arch_avx512 = {
     "avx512",
@@ -55,9 +61,11 @@ const fc_arch fc_arch_avx512 = {
     {8, 16, 3, 192, 384, 4096, {0, fc_sgemm_ukr_avx512_1, fc_sgemm_ukr_avx512_2, fc_sgemm_ukr_avx512_3, 0},
      6, 4, 6, 4,
      {0, fc_sdirect_ukr_avx512_1, fc_sdirect_ukr_avx512_2, fc_sdirect_ukr_avx512_3, fc_sdirect_ukr_avx512_4},
-     fc_swgrad_ukr_avx512},
+     fc_swgrad_ukr_avx512, fc_swinograd_input_avx512,
+     fc_swinograd_weights_avx512, fc_swinograd_output_avx512},
     {8, 8, 3, 192, 256, 2048, {0, fc_dgemm_ukr_avx512_1, fc_dgemm_ukr_avx512_2, fc_dgemm_ukr_avx512_3, 0},
      6, 4, 6, 4,
      {0, fc_ddirect_ukr_avx512_1, fc_ddirect_ukr_avx512_2, fc_ddirect_ukr_avx512_3, fc_ddirect_ukr_avx512_4},
-     fc_dwgrad_ukr_avx512},
+     fc_dwgrad_ukr_avx512, fc_dwinograd_input_avx512,
+     fc_dwinograd_weights_avx512, fc_dwinograd_output_avx512},
 };

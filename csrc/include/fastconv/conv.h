@@ -3,6 +3,8 @@
  *   x (n, c, h, w) * weight (f, c/groups, kh, kw) + bias (f) -> y (n, f, oh, ow)
  *   oh = (h + 2 ph - dh (kh - 1) - 1) / sh + 1, likewise ow.
  *
+ * 3x3 stride-1 layers with enough channels run Winograd F(2x2, 3x3) forward (winograd_impl.inc), stride-1
+ * layers with few filters direct kernels (conv_impl.inc); the rest as follows.
  * Forward and the weight gradient run the GEMM with B packed straight from the image (implicit im2col): no
  * column matrix is ever materialized. The input gradient multiplies W^T by dY one tile of output pixels at a
  * time and scatters the tile back with col2im, so its workspace is bounded by FC_CONV_TILE_ELEMS elements per
@@ -54,6 +56,31 @@ int fc_conv2d_input_grad_method(void);
 enum { FC_CONV_DIRECT_AUTO = 0, FC_CONV_DIRECT_NEVER = 1, FC_CONV_DIRECT_ALWAYS = 2 };
 int fc_conv2d_set_direct_mode(int mode);
 int fc_conv2d_direct_mode(void);
+
+/* Winograd F(2x2, 3x3) (winograd_impl.inc) for 3x3, stride-1, undilated layers, forward (and so the input
+ * gradient when it runs as a flipped forward convolution). Process-wide, for tests:
+ *   FC_CONV_WINOGRAD_AUTO    when both channels and filters per group are >= FC_WINOGRAD_MIN_CHANNELS
+ *   FC_CONV_WINOGRAD_NEVER   never
+ *   FC_CONV_WINOGRAD_ALWAYS  every 3x3 stride-1 undilated layer */
+enum { FC_CONV_WINOGRAD_AUTO = 0, FC_CONV_WINOGRAD_NEVER = 1, FC_CONV_WINOGRAD_ALWAYS = 2 };
+#define FC_WINOGRAD_MIN_CHANNELS 16
+#define FC_WINOGRAD_MIN_FILTERS 32
+/* Tiles (2x2 outputs each) transformed and multiplied per block. */
+#define FC_WINOGRAD_BLOCK 96
+int fc_conv2d_set_winograd_mode(int mode);
+int fc_conv2d_winograd_mode(void);
+/* Whether layer d's forward runs on the Winograd path. */
+int fc_conv2d_use_winograd(const fc_conv2d_desc *d);
+/* Called by fc_Xconv2d_forward when fc_conv2d_use_winograd(d); d already prepared. Workspace: the transformed
+ * weights (16 x f x c/groups) and per thread 16 x (c/groups + f/groups) x FC_WINOGRAD_BLOCK elements. */
+int fc_sconv2d_forward_winograd(const fc_context *ctx, const float *x, float *y, const float *weight,
+                                const float *bias, const fc_conv2d_desc *d);
+int fc_dconv2d_forward_winograd(const fc_context *ctx, const double *x, double *y, const double *weight,
+                                const double *bias, const fc_conv2d_desc *d);
+
+/* Which path fc_Xconv2d_forward takes for layer d (prepared) with the current settings and context. */
+enum { FC_CONV_PATH_GEMM = 0, FC_CONV_PATH_DIRECT = 1, FC_CONV_PATH_WINOGRAD = 2 };
+int fc_conv2d_forward_path(const fc_context *ctx, const fc_conv2d_desc *d, int64_t elem_size);
 
 /* Compute oh/ow and check every size product for int64 overflow. FC_ERR_ARG when the geometry is invalid. */
 int fc_conv2d_prepare(fc_conv2d_desc *d);

@@ -28,6 +28,21 @@ typedef void (*fc_dwgrad_ukr)(int64_t nimg, int64_t nq, const double *FC_RESTRIC
                               int64_t dy_img, const double *FC_RESTRICT x, int64_t x_img,
                               const int64_t *FC_RESTRICT off, double *FC_RESTRICT out, int64_t ldo, int fb, int tb);
 
+/* Winograd F(2x2, 3x3) transforms of a run of at most FC_WINOGRAD_RUN tiles (arch/winograd_template.h). */
+#define FC_WINOGRAD_RUN 64
+typedef void (*fc_swino_input_ukr)(int64_t cnt, const float *const *rows, float *FC_RESTRICT dst,
+                                   int64_t xi_stride);
+typedef void (*fc_dwino_input_ukr)(int64_t cnt, const double *const *rows, double *FC_RESTRICT dst,
+                                   int64_t xi_stride);
+typedef void (*fc_swino_weights_ukr)(int64_t cnt, const float *FC_RESTRICT g, int64_t ldg, float *FC_RESTRICT dst,
+                                     int64_t xi_stride);
+typedef void (*fc_dwino_weights_ukr)(int64_t cnt, const double *FC_RESTRICT g, int64_t ldg,
+                                     double *FC_RESTRICT dst, int64_t xi_stride);
+typedef void (*fc_swino_output_ukr)(int64_t cnt, const float *FC_RESTRICT m, int64_t xi_stride, float b,
+                                    float *FC_RESTRICT out, int64_t ldo);
+typedef void (*fc_dwino_output_ukr)(int64_t cnt, const double *FC_RESTRICT m, int64_t xi_stride, double b,
+                                    double *FC_RESTRICT out, int64_t ldo);
+
 typedef struct fc_sgemm_kernel {
     int mr, vl, nv;     /* tile: mr rows x (nv * vl) columns */
     int mc, kc, nc;     /* cache blocking: A block mc x kc (L2), B panel kc x nc (L3), B micro-panel in L1 */
@@ -35,6 +50,9 @@ typedef struct fc_sgemm_kernel {
     int dfb, dnv, wfb, wtb;
     fc_sdirect_ukr direct[FC_MAX_NV + 1]; /* direct[v]: v vectors of pixels */
     fc_swgrad_ukr wgrad;
+    fc_swino_input_ukr winograd_input;
+    fc_swino_weights_ukr winograd_weights;
+    fc_swino_output_ukr winograd_output;
 } fc_sgemm_kernel;
 
 typedef struct fc_dgemm_kernel {
@@ -44,6 +62,9 @@ typedef struct fc_dgemm_kernel {
     int dfb, dnv, wfb, wtb;
     fc_ddirect_ukr direct[FC_MAX_NV + 1];
     fc_dwgrad_ukr wgrad;
+    fc_dwino_input_ukr winograd_input;
+    fc_dwino_weights_ukr winograd_weights;
+    fc_dwino_output_ukr winograd_output;
 } fc_dgemm_kernel;
 
 typedef struct fc_arch {

@@ -43,7 +43,8 @@ void fc_dtranspose(const double *FC_RESTRICT src, int64_t rows, int64_t cols, in
                    double *FC_RESTRICT dst, int64_t ldd);
 
 /* Per-thread scratch buffers reused across calls (grow-only), so small GEMMs do not pay for page faults.
- * slot 0: packed A, 1: packed B, 2..3: free for callers such as convolution (im2col tiles). */
+ * slot 0: packed A, 1: packed B, 2..3: convolution workspaces (im2col tiles, Winograd blocks), 4: the transformed
+ * Winograd weights (on the calling thread, shared with its team). */
 void *fc_thread_buffer(int slot, int64_t bytes);
 
 int fc_sgemm(const fc_context *ctx, int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t rs_a,

@@ -1,0 +1,118 @@
+/* Winograd F(2x2, 3x3) transforms (winograd_impl.inc) in plain C that the compiler vectorizes for the including
+ * ISA: every loop over tiles runs in whole vectors of VL tiles, the last one shifted back to end at the run's
+ * end (it recomputes a few tiles rather than running a scalar tail); runs shorter than a vector compute a whole one
+ * and keep part of it. Needs T, VL, WINO_NAME(x) and VSTORE_FIRST(dst, src, n): store the first n < VL values of
+ * the aligned vector at src to dst (a masked store).
+ *
+ * input:   rows[i] (i < 4) are the input rows under a run of cnt tiles, max(2 cnt, 2 VL) + 2 readable values
+ *          each (the values past 2 cnt + 2 only feed discarded tiles); tile k
+ *          covers columns 2k .. 2k+3. Writes B^T d B of tile k to dst[xi * xi_stride + k], xi = 4 i + j.
+ * weights: g[t * ldg + k] holds tap t (row-major 3x3) of filter k; writes G g G^T of filter k to
+ *          dst[xi * xi_stride + k].
+ * output:  m[xi * xi_stride + k] holds tile k's 16 products (max(cnt, VL) readable, the rest discarded); writes A^T m A + b, the 2x2 outputs of tile k, to
+ *          out[2k], out[2k+1] (first row) and out[ldo + 2k], out[ldo + 2k + 1] (second row). */
+
+#define WT_CAT_(a, b) a##b
+#define WT_CAT(a, b) WT_CAT_(a, b)
+#define WT_INPUT_VEC WT_CAT(WINO_NAME(input), _vector)
+#define WT_OUTPUT_VEC WT_CAT(WINO_NAME(output), _vector)
+
+/* VL tiles starting at tile k. */
+static inline __attribute__((always_inline)) void WT_INPUT_VEC(const T *FC_RESTRICT r0, const T *FC_RESTRICT r1,
+                                                               const T *FC_RESTRICT r2, const T *FC_RESTRICT r3,
+                                                               T *FC_RESTRICT dst, int64_t xi_stride) {
+#pragma GCC ivdep
+    for (int k = 0; k < VL; k++) {
+        T s[4][4];
+        for (int j = 0; j < 4; j++) { /* down the columns: B^T d */
+            T a0 = r0[2 * k + j], a1 = r1[2 * k + j], a2 = r2[2 * k + j], a3 = r3[2 * k + j];
+            s[0][j] = a0 - a2;
+            s[1][j] = a1 + a2;
+            s[2][j] = a2 - a1;
+            s[3][j] = a1 - a3;
+        }
+        for (int i = 0; i < 4; i++) { /* across: (B^T d) B */
+            dst[(4 * i) * xi_stride + k] = s[i][0] - s[i][2];
+            dst[(4 * i + 1) * xi_stride + k] = s[i][1] + s[i][2];
+            dst[(4 * i + 2) * xi_stride + k] = s[i][2] - s[i][1];
+            dst[(4 * i + 3) * xi_stride + k] = s[i][1] - s[i][3];
+        }
+    }
+}
+
+void WINO_NAME(input)(int64_t cnt, const T *const *rows, T *FC_RESTRICT dst, int64_t xi_stride) {
+    const T *r0 = rows[0], *r1 = rows[1], *r2 = rows[2], *r3 = rows[3];
+    if (cnt < VL) { /* a whole vector (the rows hold 2 VL + 2 readable values), cnt of its tiles kept */
+        T tmp[16 * VL] __attribute__((aligned(64)));
+        WT_INPUT_VEC(r0, r1, r2, r3, tmp, VL);
+        for (int xi = 0; xi < 16; xi++) VSTORE_FIRST(dst + xi * xi_stride, tmp + xi * VL, (int)cnt);
+        return;
+    }
+    for (int64_t k0 = 0; k0 < cnt; k0 += VL) {
+        int64_t k = k0 + VL <= cnt ? k0 : cnt - VL;
+        WT_INPUT_VEC(r0 + 2 * k, r1 + 2 * k, r2 + 2 * k, r3 + 2 * k, dst + k, xi_stride);
+    }
+}
+
+void WINO_NAME(weights)(int64_t cnt, const T *FC_RESTRICT g, int64_t ldg, T *FC_RESTRICT dst,
+                        int64_t xi_stride) {
+#pragma GCC ivdep
+    for (int64_t k = 0; k < cnt; k++) {
+        T s[4][3];
+        for (int j = 0; j < 3; j++) {
+            T g0 = g[j * ldg + k], g1 = g[(3 + j) * ldg + k], g2 = g[(6 + j) * ldg + k];
+            s[0][j] = g0;
+            s[1][j] = (T)0.5 * (g0 + g1 + g2);
+            s[2][j] = (T)0.5 * (g0 - g1 + g2);
+            s[3][j] = g2;
+        }
+        for (int i = 0; i < 4; i++) {
+            dst[(4 * i) * xi_stride + k] = s[i][0];
+            dst[(4 * i + 1) * xi_stride + k] = (T)0.5 * (s[i][0] + s[i][1] + s[i][2]);
+            dst[(4 * i + 2) * xi_stride + k] = (T)0.5 * (s[i][0] - s[i][1] + s[i][2]);
+            dst[(4 * i + 3) * xi_stride + k] = s[i][2];
+        }
+    }
+}
+
+/* VL tiles starting at tile k. */
+static inline __attribute__((always_inline)) void WT_OUTPUT_VEC(const T *FC_RESTRICT m, int64_t xi_stride, T b,
+                                                                T *FC_RESTRICT out, int64_t ldo) {
+#pragma GCC ivdep
+    for (int k = 0; k < VL; k++) {
+        T r[2][4];
+        for (int j = 0; j < 4; j++) {
+            T t0 = m[j * xi_stride + k], t1 = m[(4 + j) * xi_stride + k];
+            T t2 = m[(8 + j) * xi_stride + k], t3 = m[(12 + j) * xi_stride + k];
+            r[0][j] = t0 + t1 + t2;
+            r[1][j] = t1 - t2 - t3;
+        }
+        out[2 * k] = r[0][0] + r[0][1] + r[0][2] + b;
+        out[2 * k + 1] = r[0][1] - r[0][2] - r[0][3] + b;
+        out[ldo + 2 * k] = r[1][0] + r[1][1] + r[1][2] + b;
+        out[ldo + 2 * k + 1] = r[1][1] - r[1][2] - r[1][3] + b;
+    }
+}
+
+void WINO_NAME(output)(int64_t cnt, const T *FC_RESTRICT m, int64_t xi_stride, T b, T *FC_RESTRICT out,
+                       int64_t ldo) {
+    if (cnt < VL) { /* a whole vector (m is readable VL values on), cnt of its tiles kept */
+        T tmp[4 * VL] __attribute__((aligned(64)));
+        WT_OUTPUT_VEC(m, xi_stride, b, tmp, 2 * VL);
+        for (int j = 0; j < 2 * VL; j++)
+            if (j < 2 * cnt) {
+                out[j] = tmp[j];
+                out[ldo + j] = tmp[2 * VL + j];
+            }
+        return;
+    }
+    for (int64_t k0 = 0; k0 < cnt; k0 += VL) {
+        int64_t k = k0 + VL <= cnt ? k0 : cnt - VL;
+        WT_OUTPUT_VEC(m + k, xi_stride, b, out + 2 * k, ldo);
+    }
+}
+
+#undef WT_INPUT_VEC
+#undef WT_OUTPUT_VEC
+#undef WT_CAT_
+#undef WT_CAT
