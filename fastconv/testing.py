@@ -191,6 +191,36 @@ def conv2d_winograd_bound(x, weight, bias=None, padding=0, groups=1):
     return out
 
 
+def conv2d_winograd_weight_grad_bound(dy, x, padding=0, groups=1):
+    """The F(2x2, 3x3) weight-gradient pipeline run on absolute values, in float64: one value per weight of the
+    3x3, stride-1 convolution of x that produced dy (shape (F, C/groups, 3, 3)).
+
+    The weight gradient of one 2x2 tile of dy is G^T [(A e A^T) . (B^T d B)] G (e the tile of dy, d its 4x4
+    input window, A the forward's A^T transposed); summed over T tiles before the last transform. As for
+    conv2d_winograd_bound, an implementation is within ``(T + 16) * eps * bound`` of the exact gradient.
+    """
+    dy64, x64 = np.abs(_f64(dy)), np.abs(_f64(x))
+    n, c, h, w = x64.shape
+    f, ho, wo = dy64.shape[1:]
+    ph, pw = _pair(padding, "padding")
+    if (ho, wo) != (h + 2 * ph - 2, w + 2 * pw - 2) or c % groups or f % groups:
+        raise ValueError(f"dy {dy64.shape} is not the output of a 3x3 stride-1 convolution of x {x64.shape} "
+                         f"with padding {padding} and groups={groups}")
+    th, tw = -(-ho // 2), -(-wo // 2)
+    padded = np.zeros((n, c, 2 * th + 2, 2 * tw + 2))
+    rows, cols = min(h, 2 * th + 2 - ph), min(w, 2 * tw + 2 - pw)
+    padded[:, :, ph:ph + rows, pw:pw + cols] = x64[:, :, :rows, :cols]
+    tiles = sliding_window_view(padded, (4, 4), axis=(2, 3))[:, :, ::2, ::2]  # n c th tw 4 4
+    dy_tiles = np.zeros((n, f, 2 * th, 2 * tw))
+    dy_tiles[:, :, :ho, :wo] = dy64
+    dy_tiles = dy_tiles.reshape(n, f, th, 2, tw, 2).transpose(0, 1, 2, 4, 3, 5)  # n f th tw 2 2
+    bt, g, a = np.abs(_WINOGRAD_BT), np.abs(_WINOGRAD_G), np.abs(_WINOGRAD_AT).T
+    v = np.einsum("ij,nctujk,lk->nctuil", bt, tiles, bt).reshape(n, groups, c // groups, th, tw, 4, 4)
+    e = np.einsum("ij,nftujk,lk->nftuil", a, dy_tiles, a).reshape(n, groups, f // groups, th, tw, 4, 4)
+    hsum = np.einsum("ngftuil,ngctuil->gfcil", e, v).reshape(f, c // groups, 4, 4)
+    return np.einsum("ji,fcjk,kl->fcil", g, hsum, g)
+
+
 def conv2d_backward_ref(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *, need_input_grad=True,
                         need_weight_grad=True, need_bias_grad=True):
     """Gradients of conv2d_ref: dy (N, F, Ho, Wo) -> (dx like x, dw like weight, db (F,)); None where not asked.

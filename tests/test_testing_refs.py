@@ -712,3 +712,25 @@ def test_softmax_cross_entropy_backward_ref(rng, dloss):
     lt = torch_tensor(torch, logits, True)
     (torch.nn.functional.cross_entropy(lt, torch.from_numpy(labels)) * dloss).backward()
     assert_close(dlogits, lt.grad.numpy())
+
+
+def test_winograd_bounds_dominate_the_direct_sums():
+    """The Winograd error bounds run the same sums with more (absolute) terms: never below sum |x| |w|, and equal
+    to it nowhere in general (the transforms mix neighbouring pixels in)."""
+    from fastconv.testing import (conv2d_backward_ref, conv2d_ref, conv2d_winograd_bound,
+                                  conv2d_winograd_weight_grad_bound)
+    rng = np.random.default_rng(0)
+    for n, c, f, h, w, padding, groups in [(2, 4, 6, 7, 9, 1, 2), (1, 3, 2, 3, 3, 0, 1), (2, 2, 2, 5, 4, (2, 0), 1)]:
+        x = rng.standard_normal((n, c, h, w))
+        weight = rng.standard_normal((f, c // groups, 3, 3))
+        bound = conv2d_winograd_bound(x, weight, padding=padding, groups=groups)
+        direct = conv2d_ref(np.abs(x), np.abs(weight), padding=padding, groups=groups)
+        assert bound.shape == direct.shape
+        assert np.all(bound >= direct * (1 - 1e-12)) and np.any(bound > 1.5 * direct)
+        dy = rng.standard_normal(direct.shape)
+        _, dw_direct, _ = conv2d_backward_ref(np.abs(dy), np.abs(x), np.abs(weight), padding=padding, groups=groups)
+        dw_bound = conv2d_winograd_weight_grad_bound(dy, x, padding=padding, groups=groups)
+        assert dw_bound.shape == weight.shape
+        assert np.all(dw_bound >= dw_direct * (1 - 1e-12)) and np.any(dw_bound > 1.5 * dw_direct)
+    with pytest.raises(ValueError, match="3x3"):
+        conv2d_winograd_bound(np.ones((1, 2, 5, 5)), np.ones((2, 2, 5, 5)))

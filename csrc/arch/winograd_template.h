@@ -1,21 +1,26 @@
 /* Winograd F(2x2, 3x3) transforms (winograd_impl.inc) in plain C that the compiler vectorizes for the including
  * ISA: every loop over tiles runs in whole vectors of VL tiles, the last one shifted back to end at the run's
- * end (it recomputes a few tiles rather than running a scalar tail); runs shorter than a vector compute a whole one
- * and keep part of it. Needs T, VL, WINO_NAME(x) and VSTORE_FIRST(dst, src, n): store the first n < VL values of
- * the aligned vector at src to dst (a masked store).
+ * end (it recomputes a few tiles rather than running a scalar tail); runs shorter than a vector compute a whole
+ * one and keep part of it. Needs T, VL, WINO_NAME(x) and VSTORE_FIRST(dst, src, n): store the first n < VL
+ * values of the aligned vector at src to dst (a masked store).
  *
  * input:   rows[i] (i < 4) are the input rows under a run of cnt tiles, max(2 cnt, 2 VL) + 2 readable values
- *          each (the values past 2 cnt + 2 only feed discarded tiles); tile k
- *          covers columns 2k .. 2k+3. Writes B^T d B of tile k to dst[xi * xi_stride + k], xi = 4 i + j.
+ *          each (the values past 2 cnt + 2 only feed discarded tiles); tile k covers columns 2k .. 2k+3. Writes
+ *          B^T d B of tile k to dst[xi * xi_stride + k], xi = 4 i + j.
  * weights: g[t * ldg + k] holds tap t (row-major 3x3) of filter k; writes G g G^T of filter k to
  *          dst[xi * xi_stride + k].
- * output:  m[xi * xi_stride + k] holds tile k's 16 products (max(cnt, VL) readable, the rest discarded); writes A^T m A + b, the 2x2 outputs of tile k, to
- *          out[2k], out[2k+1] (first row) and out[ldo + 2k], out[ldo + 2k + 1] (second row). */
+ * grad:    rows[0], rows[1] are the two rows of the output gradient under a run of cnt tiles, 2 max(cnt, VL)
+ *          readable values each; writes A e A^T of tile k's 2x2 window e (the weight gradient's transform, A =
+ *          the forward's A^T transposed) to dst[xi * xi_stride + k].
+ * output:  m[xi * xi_stride + k] holds tile k's 16 products (max(cnt, VL) readable, the rest discarded);
+ *          writes A^T m A + b, the 2x2 outputs of tile k, to out[2k], out[2k+1] (first row) and out[ldo + 2k],
+ *          out[ldo + 2k + 1] (second row). */
 
 #define WT_CAT_(a, b) a##b
 #define WT_CAT(a, b) WT_CAT_(a, b)
 #define WT_INPUT_VEC WT_CAT(WINO_NAME(input), _vector)
 #define WT_OUTPUT_VEC WT_CAT(WINO_NAME(output), _vector)
+#define WT_GRAD_VEC WT_CAT(WINO_NAME(grad), _vector)
 
 /* VL tiles starting at tile k. */
 static inline __attribute__((always_inline)) void WT_INPUT_VEC(const T *FC_RESTRICT r0, const T *FC_RESTRICT r1,
@@ -51,6 +56,36 @@ void WINO_NAME(input)(int64_t cnt, const T *const *rows, T *FC_RESTRICT dst, int
     for (int64_t k0 = 0; k0 < cnt; k0 += VL) {
         int64_t k = k0 + VL <= cnt ? k0 : cnt - VL;
         WT_INPUT_VEC(r0 + 2 * k, r1 + 2 * k, r2 + 2 * k, r3 + 2 * k, dst + k, xi_stride);
+    }
+}
+
+/* VL tiles starting at tile k. */
+static inline __attribute__((always_inline)) void WT_GRAD_VEC(const T *FC_RESTRICT r0, const T *FC_RESTRICT r1,
+                                                              T *FC_RESTRICT dst, int64_t xi_stride) {
+#pragma GCC ivdep
+    for (int k = 0; k < VL; k++) {
+        T e00 = r0[2 * k], e01 = r0[2 * k + 1], e10 = r1[2 * k], e11 = r1[2 * k + 1];
+        T t[4][2] = {{e00, e01}, {e00 + e10, e01 + e11}, {e00 - e10, e01 - e11}, {-e10, -e11}};
+        for (int i = 0; i < 4; i++) {
+            dst[(4 * i) * xi_stride + k] = t[i][0];
+            dst[(4 * i + 1) * xi_stride + k] = t[i][0] + t[i][1];
+            dst[(4 * i + 2) * xi_stride + k] = t[i][0] - t[i][1];
+            dst[(4 * i + 3) * xi_stride + k] = -t[i][1];
+        }
+    }
+}
+
+void WINO_NAME(grad)(int64_t cnt, const T *const *rows, T *FC_RESTRICT dst, int64_t xi_stride) {
+    const T *r0 = rows[0], *r1 = rows[1];
+    if (cnt < VL) {
+        T tmp[16 * VL] __attribute__((aligned(64)));
+        WT_GRAD_VEC(r0, r1, tmp, VL);
+        for (int xi = 0; xi < 16; xi++) VSTORE_FIRST(dst + xi * xi_stride, tmp + xi * VL, (int)cnt);
+        return;
+    }
+    for (int64_t k0 = 0; k0 < cnt; k0 += VL) {
+        int64_t k = k0 + VL <= cnt ? k0 : cnt - VL;
+        WT_GRAD_VEC(r0 + 2 * k, r1 + 2 * k, dst + k, xi_stride);
     }
 }
 
@@ -114,5 +149,6 @@ void WINO_NAME(output)(int64_t cnt, const T *FC_RESTRICT m, int64_t xi_stride, T
 
 #undef WT_INPUT_VEC
 #undef WT_OUTPUT_VEC
+#undef WT_GRAD_VEC
 #undef WT_CAT_
 #undef WT_CAT

@@ -69,14 +69,22 @@ enum { FC_CONV_WINOGRAD_AUTO = 0, FC_CONV_WINOGRAD_NEVER = 1, FC_CONV_WINOGRAD_A
 #define FC_WINOGRAD_BLOCK 96
 int fc_conv2d_set_winograd_mode(int mode);
 int fc_conv2d_winograd_mode(void);
-/* Whether layer d's forward runs on the Winograd path. */
+/* Whether layer d's forward runs on the Winograd path; whether its weight gradient does (in auto mode only from
+ * 64 channels and filters per group and 96 tiles of 2x2 outputs). */
 int fc_conv2d_use_winograd(const fc_conv2d_desc *d);
+int fc_conv2d_use_winograd_weight_grad(const fc_conv2d_desc *d);
 /* Called by fc_Xconv2d_forward when fc_conv2d_use_winograd(d); d already prepared. Workspace: the transformed
  * weights (16 x f x c/groups) and per thread 16 x (c/groups + f/groups) x FC_WINOGRAD_BLOCK elements. */
 int fc_sconv2d_forward_winograd(const fc_context *ctx, const float *x, float *y, const float *weight,
                                 const float *bias, const fc_conv2d_desc *d);
 int fc_dconv2d_forward_winograd(const fc_context *ctx, const double *x, double *y, const double *weight,
                                 const double *bias, const fc_conv2d_desc *d);
+/* The weight gradient of such a layer (dweight only). Workspace per thread: 16 x (f + c)/groups x up to kc tiles
+ * for the transforms, and 16 x f x c/groups for its sums. */
+int fc_sconv2d_backward_weight_winograd(const fc_context *ctx, const float *x, const float *dy, float *dweight,
+                                        const fc_conv2d_desc *d);
+int fc_dconv2d_backward_weight_winograd(const fc_context *ctx, const double *x, const double *dy, double *dweight,
+                                        const fc_conv2d_desc *d);
 
 /* Which path fc_Xconv2d_forward takes for layer d (prepared) with the current settings and context. */
 enum { FC_CONV_PATH_GEMM = 0, FC_CONV_PATH_DIRECT = 1, FC_CONV_PATH_WINOGRAD = 2 };

@@ -34,6 +34,9 @@ typedef void (*fc_swino_input_ukr)(int64_t cnt, const float *const *rows, float 
                                    int64_t xi_stride);
 typedef void (*fc_dwino_input_ukr)(int64_t cnt, const double *const *rows, double *FC_RESTRICT dst,
                                    int64_t xi_stride);
+typedef void (*fc_swino_grad_ukr)(int64_t cnt, const float *const *rows, float *FC_RESTRICT dst, int64_t xi_stride);
+typedef void (*fc_dwino_grad_ukr)(int64_t cnt, const double *const *rows, double *FC_RESTRICT dst,
+                                  int64_t xi_stride);
 typedef void (*fc_swino_weights_ukr)(int64_t cnt, const float *FC_RESTRICT g, int64_t ldg, float *FC_RESTRICT dst,
                                      int64_t xi_stride);
 typedef void (*fc_dwino_weights_ukr)(int64_t cnt, const double *FC_RESTRICT g, int64_t ldg,
@@ -50,8 +53,10 @@ typedef struct fc_sgemm_kernel {
     int dfb, dnv, wfb, wtb;
     fc_sdirect_ukr direct[FC_MAX_NV + 1]; /* direct[v]: v vectors of pixels */
     fc_swgrad_ukr wgrad;
+    /* Winograd F(2x2, 3x3) transforms: input tiles, weights, output-gradient tiles, inverse of the products */
     fc_swino_input_ukr winograd_input;
     fc_swino_weights_ukr winograd_weights;
+    fc_swino_grad_ukr winograd_grad;
     fc_swino_output_ukr winograd_output;
 } fc_sgemm_kernel;
 
@@ -64,6 +69,7 @@ typedef struct fc_dgemm_kernel {
     fc_dwgrad_ukr wgrad;
     fc_dwino_input_ukr winograd_input;
     fc_dwino_weights_ukr winograd_weights;
+    fc_dwino_grad_ukr winograd_grad;
     fc_dwino_output_ukr winograd_output;
 } fc_dgemm_kernel;
 
