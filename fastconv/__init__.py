@@ -10,9 +10,10 @@ __version__ = "0.1.0"
 from ._runtime import (available_archs, get_arch, get_num_threads, set_arch, set_num_threads, show_config,
                        threads)
 from .functional import gemm
+from .nn import no_grad
 
 __all__ = ["__version__", "available_archs", "get_arch", "set_arch", "get_num_threads", "set_num_threads",
-           "threads", "show_config", "gemm", "save", "load"]
+           "threads", "show_config", "gemm", "no_grad", "save", "load"]
 
 
 def __getattr__(name):

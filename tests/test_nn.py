@@ -348,3 +348,89 @@ def test_repr_is_readable():
     assert "(conv1): Conv2d(3, 8, kernel_size=(3, 3), stride=1, padding=1)" in text
     assert "(pool): MaxPool2d(kernel_size=2, stride=2, padding=0)" in text
     assert "(body): Sequential(" in text and "bias=False" in text
+
+
+# ------------------------------------------------------------------------------------------------- no_grad
+
+def small_resnet(rng, dtype=np.float32):
+    """Conv-BN-ReLU stem, a residual block with a projection, an identity block, then pooling and a classifier:
+    every pattern the fused inference path rewrites, with BatchNorm statistics that are not the identity."""
+    def conv_bn(cin, cout, stride=1):
+        return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False, rng=rng, dtype=dtype),
+                nn.BatchNorm2d(cout, dtype=dtype)]
+    block = nn.Residual(nn.Sequential(*conv_bn(6, 8, 2), nn.ReLU(), *conv_bn(8, 8)),
+                        nn.Sequential(nn.Conv2d(6, 8, 1, stride=2, rng=rng, dtype=dtype), nn.BatchNorm2d(8, dtype=dtype)))
+    identity = nn.Residual(nn.Sequential(*conv_bn(8, 8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, rng=rng,
+                                                                              dtype=dtype)))
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, rng=rng, dtype=dtype), nn.BatchNorm2d(6, dtype=dtype),
+                          nn.ReLU(), block, nn.ReLU(), identity, nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(8 * 4 * 4, 5, rng=rng, dtype=dtype))
+    for _, m in model.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.params["weight"][:] = rng.uniform(0.5, 2, c)
+            m.params["bias"][:] = rng.standard_normal(c)
+            m.buffers["running_mean"][:] = rng.standard_normal(c)
+            m.buffers["running_var"][:] = rng.uniform(0.5, 2, c)
+    return model
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_no_grad_inference_matches_plain_forward(rng, dtype, monkeypatch):
+    import fastconv
+    model = small_resnet(rng, dtype).eval()
+    x = rng.standard_normal((3, 3, 16, 16)).astype(dtype)
+    x_before = x.copy()
+    plain = model.forward(x)
+    with monkeypatch.context() as patch, fastconv.no_grad():
+        assert not nn.is_grad_enabled()
+
+        def unfolded(self, x):
+            raise AssertionError("a BatchNorm2d after a Conv2d ran on its own")
+        patch.setattr(nn.BatchNorm2d, "forward", unfolded)  # every one here follows a convolution
+        fused = model.forward(x)
+    assert nn.is_grad_enabled()
+    np.testing.assert_array_equal(x, x_before)  # nothing ran in place on the caller's array
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    assert max_relative_error(fused, plain) < tol
+    # training mode: batch statistics, no folding, same result either way
+    model.train()
+    with fastconv.no_grad():
+        fused_train = model.forward(x)
+    assert max_relative_error(fused_train, model.forward(x)) < tol
+
+
+def test_no_grad_relu_first_leaves_the_input_alone(rng):
+    import fastconv
+    model = nn.Sequential(nn.ReLU(), nn.Flatten(), nn.ReLU())
+    x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    x_before = x.copy()
+    with fastconv.no_grad():
+        y = model.forward(x)
+    np.testing.assert_array_equal(x, x_before)
+    np.testing.assert_array_equal(y, np.maximum(x_before, 0).reshape(2, -1))
+
+
+def test_backward_after_no_grad_forward_raises(rng):
+    import fastconv
+    model = small_resnet(rng).eval()
+    x = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
+    with fastconv.no_grad():
+        y = model.forward(x)
+    with pytest.raises(RuntimeError, match="no_grad"):
+        model.backward(np.ones_like(y))
+    y = model.forward(x)  # a plain forward makes backward possible again
+    assert model.backward(np.ones_like(y)).shape == x.shape
+
+
+def test_no_grad_restores_on_error_and_nests():
+    import fastconv
+    with pytest.raises(ZeroDivisionError):
+        with fastconv.no_grad():
+            1 / 0
+    assert nn.is_grad_enabled()
+    with fastconv.no_grad():
+        with fastconv.no_grad():
+            pass
+        assert not nn.is_grad_enabled()
+    assert nn.is_grad_enabled()
