@@ -295,6 +295,81 @@ def test_winograd(arch, nthreads, winograd_mode, dtype, case):
     assert_within_rounding(db, db_ref, db_bound, n * oh * ow, dtype, "db")
 
 
+# Strided layers that run as stride-1 ones on their input rearranged phase by phase (conv.c: space to depth) when
+# that lands on Winograd: AlexNet's conv1 shape (11x11 stride 4: 3x3 on 48 channels), 5x5 stride 2 with padding,
+# 9x9 stride 3 with odd sizes, 6x6 stride 2 with groups (in "always" mode only: 8 channels per group), and a
+# padding wider than the stride.
+STRIDED_CASES = {
+    "alexnet_conv1": ((2, 3, 39, 39), (96, 3, 11, 11), dict(stride=4)),
+    "k5_s2_pad": ((2, 4, 17, 15), (32, 4, 5, 5), dict(stride=2, padding=1)),
+    "k9_s3": ((3, 2, 20, 22), (33, 2, 9, 9), dict(stride=3, padding=1)),
+    "k6_s2_groups": ((1, 4, 12, 13), (40, 2, 6, 6), dict(stride=2, padding=2, groups=2)),
+    "k7_s3_pad3": ((2, 5, 9, 9), (32, 5, 7, 7), dict(stride=3, padding=3)),
+}
+
+
+def phases(a, s):
+    """The rearrangement, in numpy: (n, c, H, W) with H, W multiples of s -> (n, c s^2, H/s, W/s), channel
+    c s^2 + a s + b holding pixels (i s + a, j s + b)."""
+    n, c, h, w = a.shape
+    return a.reshape(n, c, h // s, s, w // s, s).transpose(0, 1, 3, 5, 2, 4).reshape(n, c * s * s, h // s, w // s)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", list(STRIDED_CASES))
+def test_strided_layers_as_stride1(arch, nthreads, winograd_mode, dtype, case):
+    x_shape, w_shape, geometry = STRIDED_CASES[case]
+    s, p, groups = geometry["stride"], geometry.get("padding", 0), geometry.get("groups", 1)
+    n, c, h, w = x_shape
+    f, cg, k, _ = w_shape
+    k2 = -(-k // s)
+    rng = np.random.default_rng(11)
+    x, weight, b = make_problem(rng, x_shape, w_shape, dtype)
+    y = conv2d(x, weight, b, **geometry)
+    oh, ow = y.shape[2:]
+    path = _C.conv2d_forward_path(x_shape, w_shape, (s, s), (p, p), (1, 1), groups, np.dtype(dtype).itemsize)
+    assert (path == "winograd") == (winograd_mode == "always"), path
+
+    # the same layer by hand: stride 1, kernel k2, input and weights rearranged (numpy), for Winograd's bounds
+    h2, w2 = oh + k2 - 1, ow + k2 - 1
+    x64, w64, b64 = (a.astype(np.float64) for a in (x, weight, b))
+    xpad = np.zeros((n, c, h2 * s, w2 * s))
+    rows, cols = min(h, h2 * s - p), min(w, w2 * s - p)
+    xpad[:, :, p:p + rows, p:p + cols] = x64[:, :, :rows, :cols]
+    wpad = np.zeros((f, cg, k2 * s, k2 * s))
+    wpad[:, :, :k, :k] = w64
+    x2, wt2 = phases(xpad, s), phases(wpad, s)
+    np.testing.assert_allclose(conv2d_ref(x2, wt2, b64, groups=groups), conv2d_ref(x64, w64, b64, **geometry),
+                               rtol=1e-12, atol=1e-12)
+
+    tol = winograd_tolerance(conv2d_ref(np.abs(x64), np.abs(w64), np.abs(b64), **geometry), cg * k * k,
+                             conv2d_winograd_bound(x2, wt2, b64, groups=groups), cg * s * s, dtype)
+    err = np.abs(y - conv2d_ref(x64, w64, b64, **geometry))
+    assert (err <= tol).all(), f"y: worst error / tolerance {np.max(err / tol):.3g}"
+
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx, dw, db = conv2d_backward(dy, x, weight, **geometry)
+    dy64 = dy.astype(np.float64)
+    dx_ref, dw_ref, db_ref = conv2d_backward_ref(dy64, x64, w64, **geometry)
+    dx_bound, dw_bound, db_bound = conv2d_backward_ref(np.abs(dy64), np.abs(x64), np.abs(w64), **geometry)
+    # dx2 = the flipped convolution of dy with wt2, mapped back onto x's pixels
+    c2 = cg * s * s
+    flipped = wt2[:, :, ::-1, ::-1].reshape(groups, f // groups, c2, k2, k2).transpose(0, 2, 1, 3, 4)
+    dx2_bound = conv2d_winograd_bound(dy64, flipped.reshape(groups * c2, f // groups, k2, k2), padding=k2 - 1,
+                                      groups=groups)
+    back = dx2_bound.reshape(n, c, s, s, h2, w2).transpose(0, 1, 4, 2, 5, 3).reshape(n, c, h2 * s, w2 * s)
+    tol = winograd_tolerance(dx_bound, f // groups * k * k, back[:, :, p:p + h, p:p + w], f // groups, dtype)
+    err = np.abs(dx - dx_ref)
+    assert (err <= tol).all(), f"dx: worst error / tolerance {np.max(err / tol):.3g}"
+    dw2_bound = conv2d_winograd_weight_grad_bound(dy64, x2, groups=groups)
+    back = dw2_bound.reshape(f, cg, s, s, k2, k2).transpose(0, 1, 4, 2, 5, 3).reshape(f, cg, k2 * s, k2 * s)
+    tiles = n * -(-oh // 2) * -(-ow // 2)
+    tol = winograd_tolerance(dw_bound, n * oh * ow, back[:, :, :k, :k], tiles, dtype)
+    err = np.abs(dw - dw_ref)
+    assert (err <= tol).all(), f"dw: worst error / tolerance {np.max(err / tol):.3g}"
+    assert_within_rounding(db, db_ref, db_bound, n * oh * ow, dtype, "db")
+
+
 def test_winograd_mode_setting():
     previous = _C.conv2d_winograd_mode()
     assert previous == "auto"
@@ -323,6 +398,11 @@ def test_winograd_auto_choice():
     assert path((2, 64, 56, 56), (64, 32, 3, 3), groups=2) == "winograd"
     assert path((2, 64, 56, 56), (64, 4, 3, 3), groups=16) != "winograd"
     assert path((2, 64, 56, 56), (64, 64, 5, 5)) != "winograd"
+    # strided, rearranged to stride 1: AlexNet's conv1 (3x3 on 48 channels) yes; ResNet's stem (7x7 stride 2 ->
+    # 4x4) and 3 channels at stride 2 (12 channels) no
+    assert path((2, 3, 227, 227), (96, 3, 11, 11), stride=4) == "winograd"
+    assert path((2, 3, 224, 224), (64, 3, 7, 7), stride=2) != "winograd"
+    assert path((2, 3, 32, 32), (64, 3, 5, 5), stride=2) != "winograd"
 
 
 def test_direct_mode_setting():
