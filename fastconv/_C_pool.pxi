@@ -12,6 +12,8 @@ cdef extern from "fastconv/pool.h" nogil:
                                const fc_pool2d_desc *d)
     int fc_dmax_pool2d_forward(const fc_context *ctx, const double *x, double *y, int64_t *argmax,
                                const fc_pool2d_desc *d)
+    int fc_smax_pool2d_forward_values(const fc_context *ctx, const float *x, float *y, const fc_pool2d_desc *d)
+    int fc_dmax_pool2d_forward_values(const fc_context *ctx, const double *x, double *y, const fc_pool2d_desc *d)
     int fc_smax_pool2d_backward(const fc_context *ctx, const float *dy, const int64_t *argmax, float *dx,
                                 const fc_pool2d_desc *d)
     int fc_dmax_pool2d_backward(const fc_context *ctx, const double *dy, const int64_t *argmax, double *dx,
@@ -74,6 +76,23 @@ def max_pool2d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int64_t
             err = fc_smax_pool2d_forward(&ctx, &x[0, 0, 0, 0], &y[0, 0, 0, 0], &argmax[0, 0, 0, 0], &d)
         else:
             err = fc_dmax_pool2d_forward(&ctx, &x[0, 0, 0, 0], &y[0, 0, 0, 0], &argmax[0, 0, 0, 0], &d)
+    check(err)
+
+
+def max_pool2d_forward_values(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, tuple kernel, tuple stride,
+                              tuple padding, bint ceil_mode):
+    cdef fc_pool2d_desc d = _pool_desc(x.shape, y.shape, kernel, stride, padding, ceil_mode, False)
+    if not _same_shape(x.shape, y.shape, 2):
+        raise ValueError("max_pool2d_forward_values: x and y disagree in shape")
+    if x.shape[0] * x.shape[1] == 0:
+        return
+    cdef fc_context ctx = fc_context_default()
+    cdef int err
+    with nogil:
+        if real is float:
+            err = fc_smax_pool2d_forward_values(&ctx, &x[0, 0, 0, 0], &y[0, 0, 0, 0], &d)
+        else:
+            err = fc_dmax_pool2d_forward_values(&ctx, &x[0, 0, 0, 0], &y[0, 0, 0, 0], &d)
     check(err)
 
 

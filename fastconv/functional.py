@@ -644,7 +644,7 @@ def _pool_geometry(fn, shape, kernel_size, stride, padding, ceil_mode):
     return kernel, stride, padding, out
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
+def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, *, indices=True):
     """2-D max pooling with the index of each maximum (PyTorch's conventions).
 
     Parameters
@@ -659,12 +659,17 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
     y : (N, C, Ho, Wo) array of x's dtype.
     argmax : (N, C, Ho, Wo) int64, the flat index h * W + w of each maximum in its input plane. Ties go to the first
         maximum in row-major window order; a NaN in a window wins (the last NaN if several), so NaN propagates; a
-        window of -inf points at its first element inside the input.
+        window of -inf points at its first element inside the input. Only when `indices` (the default); with
+        indices=False just y, from a faster kernel that keeps no indices (for inference).
     """
     x = _float_tensor(x, "x", 4)
     kernel, stride, padding, (ho, wo) = _pool_geometry("max_pool2d", x.shape, kernel_size, stride, padding,
                                                        ceil_mode)
     y = np.empty(x.shape[:2] + (ho, wo), dtype=x.dtype)
+    if not indices:
+        if y.size:
+            _C.max_pool2d_forward_values(x, y, kernel, stride, padding, bool(ceil_mode))
+        return y
     argmax = np.empty(y.shape, dtype=np.int64)
     if y.size:
         _C.max_pool2d_forward(x, y, argmax, kernel, stride, padding, bool(ceil_mode))

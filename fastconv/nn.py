@@ -381,6 +381,9 @@ class MaxPool2d(Module):
         return _pool_output_shape(input_shape, self.kernel_size, self.stride, self.padding, self.ceil_mode)
 
     def forward(self, x):
+        if not is_grad_enabled():  # inference: no indices to keep
+            _keep_for_backward(self, _argmax=None, _shape=None)
+            return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, indices=False)
         y, argmax = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode)
         _keep_for_backward(self, _argmax=argmax, _shape=x.shape)
         return y

@@ -183,6 +183,23 @@ def test_max_pool_nan_and_infinities(arch, nthreads, dtype, rng):
     np.testing.assert_array_equal(am[0, 0], [[0, 1, 3], [5, 6, 8], [15, 16, 18]])
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 9, 11), (1, 2, 1, 5), (3, 2, 14, 14), (1, 1, 40, 37)])
+def test_max_pool_values_only(arch, nthreads, dtype, shape, rng):
+    """indices=False (the inference kernel) gives the reference's values, NaN and infinities included."""
+    x = rng.standard_normal(shape).astype(dtype)
+    x[rng.random(x.shape) < 0.05] = np.nan
+    x[rng.random(x.shape) < 0.05] = -np.inf
+    x[rng.random(x.shape) < 0.02] = np.inf
+    for k, s, p in GEOMETRIES + [((3, 2), (2, 1), (1, 0)), ((1, 4), (1, 3), (0, 2))]:
+        k2, s2, p2 = (F._int_pair(v, "") for v in (k, s, p))
+        for ceil_mode in (False, True):
+            if k2[0] > shape[2] + 2 * p2[0] or k2[1] > shape[3] + 2 * p2[1]:
+                continue
+            y = F.max_pool2d(x, k, s, p, ceil_mode, indices=False)
+            y_ref, _ = ref_max_pool(x, k2, s2, p2, ceil_mode)
+            np.testing.assert_array_equal(y, y_ref, err_msg=f"k={k} s={s} p={p} ceil_mode={ceil_mode}")
+
+
 def test_max_pool_threads_agree_on_large_input(arch, dtype, rng):
     """A batch large enough for the parallel region: 1 and 2 threads give the reference result."""
     x = rng.standard_normal((4, 16, 33, 35)).astype(dtype)

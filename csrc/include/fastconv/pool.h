@@ -45,6 +45,9 @@ int fc_dmax_pool2d_forward(const fc_context *ctx, const double *x, double *y, in
                            const fc_pool2d_desc *d);
 /* dx = 0, then dx[n, c].flat[argmax[n, c, i, j]] += dy[n, c, i, j]. Reads only the sizes (N, C, H, W, Ho, Wo)
  * of d: the windows are in argmax. */
+/* y only (no argmax), for inference: a faster kernel on the same rules. Workspace: one padded plane per thread. */
+int fc_smax_pool2d_forward_values(const fc_context *ctx, const float *x, float *y, const fc_pool2d_desc *d);
+int fc_dmax_pool2d_forward_values(const fc_context *ctx, const double *x, double *y, const fc_pool2d_desc *d);
 int fc_smax_pool2d_backward(const fc_context *ctx, const float *dy, const int64_t *argmax, float *dx,
                             const fc_pool2d_desc *d);
 int fc_dmax_pool2d_backward(const fc_context *ctx, const double *dy, const int64_t *argmax, double *dx,
