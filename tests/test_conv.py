@@ -295,55 +295,80 @@ def test_winograd(arch, nthreads, winograd_mode, dtype, case):
     assert_within_rounding(db, db_ref, db_bound, n * oh * ow, dtype, "db")
 
 
-# Strided layers that run as stride-1 ones on their input rearranged phase by phase (conv.c: space to depth) when
-# that lands on Winograd: AlexNet's conv1 shape (11x11 stride 4: 3x3 on 48 channels), 5x5 stride 2 with padding,
-# 9x9 stride 3 with odd sizes, 6x6 stride 2 with groups (in "always" mode only: 8 channels per group), and a
-# padding wider than the stride.
+# Layers that run as 3x3 stride-1 ones on their input rearranged into phases (conv.c) when that lands on
+# Winograd: strided ones (space to depth: AlexNet's conv1 shape, 11x11 stride 4 -> 3x3 on 48 channels; 5x5 stride 2
+# with padding; 9x9 stride 3 with odd sizes; 6x6 stride 2 with groups, in "always" mode only: 8 channels per group;
+# a padding wider than the stride) and 5x5/6x6 stride-1 ones (four shifted 3x3 kernels).
 STRIDED_CASES = {
     "alexnet_conv1": ((2, 3, 39, 39), (96, 3, 11, 11), dict(stride=4)),
     "k5_s2_pad": ((2, 4, 17, 15), (32, 4, 5, 5), dict(stride=2, padding=1)),
     "k9_s3": ((3, 2, 20, 22), (33, 2, 9, 9), dict(stride=3, padding=1)),
     "k6_s2_groups": ((1, 4, 12, 13), (40, 2, 6, 6), dict(stride=2, padding=2, groups=2)),
     "k7_s3_pad3": ((2, 5, 9, 9), (32, 5, 7, 7), dict(stride=3, padding=3)),
+    # stride 1, 5x5 and 6x6: four 3x3 kernels on shifted copies (auto from 32 channels and > 128 filters)
+    "k5_shifts": ((2, 32, 9, 8), (130, 32, 5, 5), dict(stride=1, padding=2)),
+    "k6_shifts_groups": ((1, 8, 10, 11), (34, 4, 6, 6), dict(stride=1, padding=(1, 3), groups=2)),
+    "k5_shifts_pad0": ((2, 3, 7, 9), (33, 3, 5, 5), dict(stride=1)),
 }
 
 
-def phases(a, s):
-    """The rearrangement, in numpy: (n, c, H, W) with H, W multiples of s -> (n, c s^2, H/s, W/s), channel
-    c s^2 + a s + b holding pixels (i s + a, j s + b)."""
-    n, c, h, w = a.shape
-    return a.reshape(n, c, h // s, s, w // s, s).transpose(0, 1, 3, 5, 2, 4).reshape(n, c * s * s, h // s, w // s)
+def phases(a, s, hh, ww):
+    """The rearrangement, in numpy: (n, c, H, W) -> (n, c P^2, hh, ww) with channel c P^2 + a P + b holding
+    pixels (i s + a t, j s + b t): P = s, t = 1 for a stride s > 1 (H, W = hh s, ww s), P = 2, t = 3 for
+    stride 1."""
+    n, c = a.shape[:2]
+    if s > 1:
+        return a.reshape(n, c, hh, s, ww, s).transpose(0, 1, 3, 5, 2, 4).reshape(n, c * s * s, hh, ww)
+    return np.stack([a[:, :, 3 * i:3 * i + hh, 3 * j:3 * j + ww] for i in (0, 1) for j in (0, 1)],
+                    axis=2).reshape(n, c * 4, hh, ww)
+
+
+def unphase_sum(a, s, n, c):
+    """The adjoint of phases for an (n, c P^2, hh, ww) array: every phase put back where it was read from and
+    the overlaps summed, (n, c, H, W) as phases read it."""
+    hh, ww = a.shape[2:]
+    if s > 1:
+        return a.reshape(n, c, s, s, hh, ww).transpose(0, 1, 4, 2, 5, 3).reshape(n, c, hh * s, ww * s)
+    out = np.zeros((n, c, hh + 3, ww + 3))
+    q = a.reshape(n, c, 4, hh, ww)
+    for k, (i, j) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+        out[:, :, 3 * i:3 * i + hh, 3 * j:3 * j + ww] += q[:, :, k]
+    return out
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", list(STRIDED_CASES))
 def test_strided_layers_as_stride1(arch, nthreads, winograd_mode, dtype, case):
     x_shape, w_shape, geometry = STRIDED_CASES[case]
-    s, p, groups = geometry["stride"], geometry.get("padding", 0), geometry.get("groups", 1)
+    s, groups = geometry["stride"], geometry.get("groups", 1)
+    ph, pw = np.broadcast_to(geometry.get("padding", 0), 2)
     n, c, h, w = x_shape
     f, cg, k, _ = w_shape
-    k2 = -(-k // s)
+    k2 = -(-k // s) if s > 1 else 3
     rng = np.random.default_rng(11)
     x, weight, b = make_problem(rng, x_shape, w_shape, dtype)
     y = conv2d(x, weight, b, **geometry)
     oh, ow = y.shape[2:]
-    path = _C.conv2d_forward_path(x_shape, w_shape, (s, s), (p, p), (1, 1), groups, np.dtype(dtype).itemsize)
+    path = _C.conv2d_forward_path(x_shape, w_shape, (s, s), (int(ph), int(pw)), (1, 1), groups,
+                                  np.dtype(dtype).itemsize)
     assert (path == "winograd") == (winograd_mode == "always"), path
 
     # the same layer by hand: stride 1, kernel k2, input and weights rearranged (numpy), for Winograd's bounds
     h2, w2 = oh + k2 - 1, ow + k2 - 1
+    span_h, span_w = (h2 * s, w2 * s) if s > 1 else (h2 + 3, w2 + 3)  # the padded input the phases read
     x64, w64, b64 = (a.astype(np.float64) for a in (x, weight, b))
-    xpad = np.zeros((n, c, h2 * s, w2 * s))
-    rows, cols = min(h, h2 * s - p), min(w, w2 * s - p)
-    xpad[:, :, p:p + rows, p:p + cols] = x64[:, :, :rows, :cols]
-    wpad = np.zeros((f, cg, k2 * s, k2 * s))
+    xpad = np.zeros((n, c, span_h, span_w))
+    rows, cols = min(h, span_h - ph), min(w, span_w - pw)
+    xpad[:, :, ph:ph + rows, pw:pw + cols] = x64[:, :, :rows, :cols]
+    ksize = k2 * s if s > 1 else 6  # the kernel the phases tile
+    wpad = np.zeros((f, cg, ksize, ksize))
     wpad[:, :, :k, :k] = w64
-    x2, wt2 = phases(xpad, s), phases(wpad, s)
+    x2, wt2 = phases(xpad, s, h2, w2), phases(wpad, s, k2, k2)
     np.testing.assert_allclose(conv2d_ref(x2, wt2, b64, groups=groups), conv2d_ref(x64, w64, b64, **geometry),
                                rtol=1e-12, atol=1e-12)
 
     tol = winograd_tolerance(conv2d_ref(np.abs(x64), np.abs(w64), np.abs(b64), **geometry), cg * k * k,
-                             conv2d_winograd_bound(x2, wt2, b64, groups=groups), cg * s * s, dtype)
+                             conv2d_winograd_bound(x2, wt2, b64, groups=groups), wt2.shape[1], dtype)
     err = np.abs(y - conv2d_ref(x64, w64, b64, **geometry))
     assert (err <= tol).all(), f"y: worst error / tolerance {np.max(err / tol):.3g}"
 
@@ -353,16 +378,16 @@ def test_strided_layers_as_stride1(arch, nthreads, winograd_mode, dtype, case):
     dx_ref, dw_ref, db_ref = conv2d_backward_ref(dy64, x64, w64, **geometry)
     dx_bound, dw_bound, db_bound = conv2d_backward_ref(np.abs(dy64), np.abs(x64), np.abs(w64), **geometry)
     # dx2 = the flipped convolution of dy with wt2, mapped back onto x's pixels
-    c2 = cg * s * s
+    c2 = wt2.shape[1]  # cg s^2, or cg 4 for the shifts
     flipped = wt2[:, :, ::-1, ::-1].reshape(groups, f // groups, c2, k2, k2).transpose(0, 2, 1, 3, 4)
     dx2_bound = conv2d_winograd_bound(dy64, flipped.reshape(groups * c2, f // groups, k2, k2), padding=k2 - 1,
                                       groups=groups)
-    back = dx2_bound.reshape(n, c, s, s, h2, w2).transpose(0, 1, 4, 2, 5, 3).reshape(n, c, h2 * s, w2 * s)
-    tol = winograd_tolerance(dx_bound, f // groups * k * k, back[:, :, p:p + h, p:p + w], f // groups, dtype)
+    back = unphase_sum(dx2_bound, s, n, c)  # the shifts add up to 4 values per pixel: 3 more roundings
+    tol = winograd_tolerance(dx_bound, f // groups * k * k, back[:, :, ph:ph + h, pw:pw + w], f // groups + 3, dtype)
     err = np.abs(dx - dx_ref)
     assert (err <= tol).all(), f"dx: worst error / tolerance {np.max(err / tol):.3g}"
     dw2_bound = conv2d_winograd_weight_grad_bound(dy64, x2, groups=groups)
-    back = dw2_bound.reshape(f, cg, s, s, k2, k2).transpose(0, 1, 4, 2, 5, 3).reshape(f, cg, k2 * s, k2 * s)
+    back = unphase_sum(dw2_bound, s, f, cg)  # for stride 1 the phases tile the 6x6 kernel: no sums
     tiles = n * -(-oh // 2) * -(-ow // 2)
     tol = winograd_tolerance(dw_bound, n * oh * ow, back[:, :, :k, :k], tiles, dtype)
     err = np.abs(dw - dw_ref)
@@ -403,6 +428,11 @@ def test_winograd_auto_choice():
     assert path((2, 3, 227, 227), (96, 3, 11, 11), stride=4) == "winograd"
     assert path((2, 3, 224, 224), (64, 3, 7, 7), stride=2) != "winograd"
     assert path((2, 3, 32, 32), (64, 3, 5, 5), stride=2) != "winograd"
+    # 5x5 stride 1 as four shifted 3x3 kernels: AlexNet's conv2 with 256 filters yes; its grouped form (128 per
+    # group, on the direct kernels) and GoogLeNet's 5x5 branches (16-48 channels) no
+    assert _C.conv2d_forward_path((2, 96, 27, 27), (256, 96, 5, 5), (1, 1), (2, 2), (1, 1), 1, 4) == "winograd"
+    assert _C.conv2d_forward_path((2, 96, 27, 27), (256, 48, 5, 5), (1, 1), (2, 2), (1, 1), 2, 4) != "winograd"
+    assert _C.conv2d_forward_path((2, 16, 28, 28), (32, 16, 5, 5), (1, 1), (2, 2), (1, 1), 1, 4) != "winograd"
 
 
 def test_direct_mode_setting():

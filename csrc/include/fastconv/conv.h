@@ -86,9 +86,10 @@ int fc_sconv2d_backward_weight_winograd(const fc_context *ctx, const float *x, c
 int fc_dconv2d_backward_weight_winograd(const fc_context *ctx, const double *x, const double *dy, double *dweight,
                                         const fc_conv2d_desc *d);
 
-/* Whether strided layer d runs as the stride-1 layer d2 on its input rearranged phase by phase ("space to
- * depth", conv.c); then on Winograd. Workspace: a rearranged copy of the input (or of dx) and of the weights. */
-int fc_conv2d_space_to_depth(const fc_conv2d_desc *d, fc_conv2d_desc *d2);
+/* Whether layer d (strided, or 5x5/6x6) runs as the stride-1 layer d2 on its input rearranged into phases (conv.c;
+ * *step: the phase step); then on Winograd. Workspace: a rearranged copy of the input (or of dx) and of the
+ * weights. */
+int fc_conv2d_rearranged(const fc_conv2d_desc *d, fc_conv2d_desc *d2, int64_t *step);
 
 /* Which path fc_Xconv2d_forward takes for layer d (prepared) with the current settings and context. */
 enum { FC_CONV_PATH_GEMM = 0, FC_CONV_PATH_DIRECT = 1, FC_CONV_PATH_WINOGRAD = 2 };
