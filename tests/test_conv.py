@@ -395,19 +395,6 @@ def test_strided_layers_as_stride1(arch, nthreads, winograd_mode, dtype, case):
     assert_within_rounding(db, db_ref, db_bound, n * oh * ow, dtype, "db")
 
 
-def test_winograd_mode_setting():
-    previous = _C.conv2d_winograd_mode()
-    assert previous == "auto"
-    try:
-        assert _C.conv2d_winograd_mode("never") == "auto"
-        assert _C.conv2d_winograd_mode() == "never"
-        with pytest.raises(ValueError, match="mode must be one of"):
-            _C.conv2d_winograd_mode(True)
-        assert _C.conv2d_winograd_mode() == "never"
-    finally:
-        _C.conv2d_winograd_mode(previous)
-
-
 def test_winograd_auto_choice():
     """By default: 3x3 stride-1 undilated layers with >= 16 channels and >= 32 filters per group (the weight
     gradient: >= 64 of each and >= 96 tiles; checked through the results' rounding in test_winograd)."""
@@ -435,30 +422,23 @@ def test_winograd_auto_choice():
     assert _C.conv2d_forward_path((2, 16, 28, 28), (32, 16, 5, 5), (1, 1), (2, 2), (1, 1), 1, 4) != "winograd"
 
 
-def test_direct_mode_setting():
-    previous = _C.conv2d_direct_mode()
+@pytest.mark.parametrize("setting, value, bad, message", [
+    (_C.conv2d_direct_mode, "always", "sometimes", "mode must be one of"),
+    (_C.conv2d_input_grad_method, "flipped", "winograd", "method must be one of"),
+    (_C.conv2d_winograd_mode, "never", True, "mode must be one of"),
+], ids=["direct_mode", "input_grad_method", "winograd_mode"])
+def test_path_settings(setting, value, bad, message):
+    """Each process-wide path setting: "auto" by default, returns the previous value, rejects others."""
+    previous = setting()
     assert previous == "auto"
     try:
-        assert _C.conv2d_direct_mode("always") == "auto"
-        assert _C.conv2d_direct_mode() == "always"
-        with pytest.raises(ValueError, match="mode must be one of"):
-            _C.conv2d_direct_mode("sometimes")
-        assert _C.conv2d_direct_mode() == "always"
+        assert setting(value) == "auto"
+        assert setting() == value
+        with pytest.raises(ValueError, match=message):
+            setting(bad)
+        assert setting() == value
     finally:
-        _C.conv2d_direct_mode(previous)
-
-
-def test_input_grad_method_setting():
-    previous = _C.conv2d_input_grad_method()
-    assert previous == "auto"
-    try:
-        assert _C.conv2d_input_grad_method("flipped") == "auto"
-        assert _C.conv2d_input_grad_method() == "flipped"
-        with pytest.raises(ValueError, match="method must be one of"):
-            _C.conv2d_input_grad_method("winograd")
-        assert _C.conv2d_input_grad_method() == "flipped"
-    finally:
-        _C.conv2d_input_grad_method(previous)
+        setting(previous)
 
 
 def test_mode_cases_reach_their_modes():
