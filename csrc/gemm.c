@@ -10,6 +10,10 @@
 
 /* Bytes of packed B that a small-M GEMM keeps in L2 (the L2 is 1 MiB on Zen 4, 2 MiB on Sapphire Rapids). */
 #define FC_GEMM_L2_BUDGET ((int64_t)768 * 1024)
+/* Up to this many rows of A, a B with contiguous columns and at least FC_GEMM_SMALL_M_MIN_B elements (where
+ * transposing it into panels costs more than it saves) goes to dot products instead (gemm_small_m). */
+#define FC_GEMM_SMALL_M 8
+#define FC_GEMM_SMALL_M_MIN_B ((int64_t)1 << 20)
 
 #define T float
 #define PFX s

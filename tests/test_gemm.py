@@ -149,6 +149,28 @@ def test_micro_tile_edges_exact(arch, nthreads, dtype, trans_a, trans_b, rng):
                 assert_gemm_result(got, a, b, trans_a=trans_a, trans_b=trans_b, exact=True)
 
 
+def test_few_rows_against_contiguous_columns(arch, nthreads, dtype, rng):
+    """Up to 8 rows of A times a B whose columns are contiguous (x @ W.T, a fully connected layer with a small
+    batch) with B of at least 2**20 elements run as dot products streaming B's columns 4 at a time in blocks of
+    16: every count of leftover columns and of leftover depth, exactly on integers, and within the rounding bound
+    on normal data with alpha/beta."""
+    for m in (1, 2, 7, 8, 9):  # 9: the packed path again
+        for n, k in ((1, 2 ** 20), (3, 2 ** 18 + 15), (4, 2 ** 18 + 16), (5, 2 ** 18 + 17), (67, 15651),
+                     (2 ** 20 + 1, 1), (2 ** 16 + 3, 17), (70, 100)):  # the last one below the size: packed
+            a = integer_matrix(rng, (m, k), dtype)
+            w = integer_matrix(rng, (n, k), dtype)
+            assert_gemm_result(fastconv.gemm(a, w, trans_b=True), a, w, trans_b=True, exact=True)
+    a, w = normal_matrix(rng, (3, 15001), dtype), normal_matrix(rng, (70, 15001), dtype)
+    c0 = normal_matrix(rng, (3, 70), dtype)
+    for alpha, beta in ((1.0, 0.0), (-0.5, 1.0), (2.0, -3.0)):
+        out = c0.copy()
+        fastconv.gemm(a, w, trans_b=True, alpha=alpha, beta=beta, out=out)
+        assert_gemm_result(out, a, w, c0, trans_b=True, alpha=alpha, beta=beta)
+    out, _ = in_layout(np.zeros((3, 70), dtype), "strided")  # a strided C
+    fastconv.gemm(a, w, trans_b=True, out=out)
+    assert_gemm_result(out, a, w, trans_b=True)
+
+
 def test_every_partial_tile_width_and_height_exact(arch, nthreads, dtype, rng):
     """Each width 1..NR+1 of the last column panel (narrow kernel variants, zero padding) and each height
     1..MR+1 of the last row panel, with out prefilled with NaN and beta=0 (edge tiles must overwrite)."""
