@@ -136,6 +136,7 @@ class Communicator:
 
     # --------------------------------------------------------------- collectives with a deadline
     SPIN_SECONDS = 0.005     # poll without sleeping this long first: a transfer in flight progresses only in Test
+    ABORT_GRACE_SECONDS = 0.5  # see abort
 
     def _wait(self, request, what):
         start = time.monotonic()
@@ -176,6 +177,10 @@ class Communicator:
         print(f"fastconv distributed: rank {self.rank}/{self.size}: {message}; aborting the job (resume from the "
               f"last checkpoint)", file=sys.stderr, flush=True)
         if self.size > 1:
+            # MPI_Abort tears the job down at once; output still on its way through the launcher can be lost
+            # with it (seen on a loaded machine: the traceback arrived, this message did not). A short pause lets
+            # the message reach the user first.
+            time.sleep(self.ABORT_GRACE_SECONDS)
             self.comm.Abort(code)
         raise SystemExit(code)
 
