@@ -253,6 +253,27 @@ def winograd_tolerance(direct_bound, terms, winograd_bound, channels, dtype):
     return np.maximum((terms + 2) * eps * direct_bound, (channels + 16) * eps * winograd_bound)
 
 
+def assert_within(got, expected, tol, what):
+    err = np.abs(got - expected)
+    assert (err <= tol).all(), f"{what}: worst error / tolerance {np.max(err / tol):.3g}"
+
+
+def flipped_weights(w, groups):
+    """The input gradient's forward weights: flipped in space, channels in <-> out within each group."""
+    f, cg, kh, kw = w.shape
+    flipped = w[:, :, ::-1, ::-1].reshape(groups, f // groups, cg, kh, kw).transpose(0, 2, 1, 3, 4)
+    return flipped.reshape(groups * cg, f // groups, kh, kw)
+
+
+def backward_with_refs(x, weight, y, geometry, rng):
+    """dy, fastconv's (dx, dw, db), the float64 references and their bounds (the same sums on |operands|)."""
+    dy = rng.standard_normal(y.shape).astype(y.dtype)
+    got = conv2d_backward(dy, x, weight, **geometry)
+    dy64, x64, w64 = (a.astype(np.float64) for a in (dy, x, weight))
+    return (dy64, got, conv2d_backward_ref(dy64, x64, w64, **geometry),
+            conv2d_backward_ref(np.abs(dy64), np.abs(x64), np.abs(w64), **geometry))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", list(WINOGRAD_CASES))
 def test_winograd(arch, nthreads, winograd_mode, dtype, case):
@@ -268,30 +289,23 @@ def test_winograd(arch, nthreads, winograd_mode, dtype, case):
     f, cg = w_shape[:2]
     tol = winograd_tolerance(conv2d_ref(np.abs(x64), np.abs(w64), np.abs(b64), **geometry), cg * 9,
                              conv2d_winograd_bound(x64, w64, b64, **geometry), cg, dtype)
-    err = np.abs(y - conv2d_ref(x64, w64, b64, **geometry))
-    assert (err <= tol).all(), f"y: worst error / tolerance {np.max(err / tol):.3g}"
+    assert_within(y, conv2d_ref(x64, w64, b64, **geometry), tol, "y")
 
     # dx: the forward convolution of dy (padded by 2 - padding) with the flipped, channel-transposed weights
-    dy = rng.standard_normal(y.shape).astype(dtype)
-    dx, dw, db = conv2d_backward(dy, x, weight, **geometry)
-    dy64 = dy.astype(np.float64)
-    dx_ref, dw_ref, db_ref = conv2d_backward_ref(dy64, x64, w64, **geometry)
-    dx_bound, dw_bound, db_bound = conv2d_backward_ref(np.abs(dy64), np.abs(x64), np.abs(w64), **geometry)
-    flipped = w64[:, :, ::-1, ::-1].reshape(groups, f // groups, cg, 3, 3).transpose(0, 2, 1, 3, 4)
-    flipped = flipped.reshape(groups * cg, f // groups, 3, 3)
+    dy64, (dx, dw, db), (dx_ref, dw_ref, db_ref), (dx_bound, dw_bound, db_bound) = backward_with_refs(
+        x, weight, y, geometry, rng)
+    flipped = flipped_weights(w64, groups)
     flip_padding = tuple(2 - p for p in padding2)
     tol = winograd_tolerance(dx_bound, f // groups * 9,
                              conv2d_winograd_bound(dy64, flipped, padding=flip_padding, groups=groups), f // groups,
                              dtype)
-    err = np.abs(dx - dx_ref)
-    assert (err <= tol).all(), f"dx: worst error / tolerance {np.max(err / tol):.3g}"
+    assert_within(dx, dx_ref, tol, "dx")
     n, _, oh, ow = y.shape
     tiles = n * -(-oh // 2) * -(-ow // 2)
     tol = winograd_tolerance(dw_bound, n * oh * ow,
                              conv2d_winograd_weight_grad_bound(dy64, x64, padding=padding, groups=groups), tiles,
                              dtype)
-    err = np.abs(dw - dw_ref)
-    assert (err <= tol).all(), f"dw: worst error / tolerance {np.max(err / tol):.3g}"
+    assert_within(dw, dw_ref, tol, "dw")
     assert_within_rounding(db, db_ref, db_bound, n * oh * ow, dtype, "db")
 
 
@@ -369,29 +383,20 @@ def test_strided_layers_as_stride1(arch, nthreads, winograd_mode, dtype, case):
 
     tol = winograd_tolerance(conv2d_ref(np.abs(x64), np.abs(w64), np.abs(b64), **geometry), cg * k * k,
                              conv2d_winograd_bound(x2, wt2, b64, groups=groups), wt2.shape[1], dtype)
-    err = np.abs(y - conv2d_ref(x64, w64, b64, **geometry))
-    assert (err <= tol).all(), f"y: worst error / tolerance {np.max(err / tol):.3g}"
+    assert_within(y, conv2d_ref(x64, w64, b64, **geometry), tol, "y")
 
-    dy = rng.standard_normal(y.shape).astype(dtype)
-    dx, dw, db = conv2d_backward(dy, x, weight, **geometry)
-    dy64 = dy.astype(np.float64)
-    dx_ref, dw_ref, db_ref = conv2d_backward_ref(dy64, x64, w64, **geometry)
-    dx_bound, dw_bound, db_bound = conv2d_backward_ref(np.abs(dy64), np.abs(x64), np.abs(w64), **geometry)
+    dy64, (dx, dw, db), (dx_ref, dw_ref, db_ref), (dx_bound, dw_bound, db_bound) = backward_with_refs(
+        x, weight, y, geometry, rng)
     # dx2 = the flipped convolution of dy with wt2, mapped back onto x's pixels
-    c2 = wt2.shape[1]  # cg s^2, or cg 4 for the shifts
-    flipped = wt2[:, :, ::-1, ::-1].reshape(groups, f // groups, c2, k2, k2).transpose(0, 2, 1, 3, 4)
-    dx2_bound = conv2d_winograd_bound(dy64, flipped.reshape(groups * c2, f // groups, k2, k2), padding=k2 - 1,
-                                      groups=groups)
+    dx2_bound = conv2d_winograd_bound(dy64, flipped_weights(wt2, groups), padding=k2 - 1, groups=groups)
     back = unphase_sum(dx2_bound, s, n, c)  # the shifts add up to 4 values per pixel: 3 more roundings
     tol = winograd_tolerance(dx_bound, f // groups * k * k, back[:, :, ph:ph + h, pw:pw + w], f // groups + 3, dtype)
-    err = np.abs(dx - dx_ref)
-    assert (err <= tol).all(), f"dx: worst error / tolerance {np.max(err / tol):.3g}"
+    assert_within(dx, dx_ref, tol, "dx")
     dw2_bound = conv2d_winograd_weight_grad_bound(dy64, x2, groups=groups)
     back = unphase_sum(dw2_bound, s, f, cg)  # for stride 1 the phases tile the 6x6 kernel: no sums
     tiles = n * -(-oh // 2) * -(-ow // 2)
     tol = winograd_tolerance(dw_bound, n * oh * ow, back[:, :, :k, :k], tiles, dtype)
-    err = np.abs(dw - dw_ref)
-    assert (err <= tol).all(), f"dw: worst error / tolerance {np.max(err / tol):.3g}"
+    assert_within(dw, dw_ref, tol, "dw")
     assert_within_rounding(db, db_ref, db_bound, n * oh * ow, dtype, "db")
 
 
