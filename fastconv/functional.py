@@ -142,7 +142,7 @@ def _conv_args(x, weight, bias, stride, padding, dilation, groups):
     return x, weight, bias, stride, padding, dilation, groups, (n, f, oh, ow)
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, residual=None, relu=False):
     """2-D convolution (cross-correlation, as in every framework), NCHW.
 
     Parameters
@@ -152,6 +152,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     bias : (F,) or None.
     stride, padding, dilation : int or (h, w) pair; padding is zeros on both sides.
     groups : splits channels into `groups` independent convolutions (AlexNet's two towers: groups=2).
+    residual : None or an array of y's shape, added to the output (a residual block's shortcut).
+    relu : apply max(., 0) last (NaN stays NaN).
+        Both for inference: ``conv2d(x, w, b, residual=s, relu=True)`` equals ``relu(conv2d(x, w, b) + s)`` but
+        writes y once, each tile while it is in cache, instead of once per elementwise pass.
 
     Returns
     -------
@@ -171,9 +175,17 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """
     x, weight, bias, stride, padding, dilation, groups, out_shape = _conv_args(
         x, weight, bias, stride, padding, dilation, groups)
+    if residual is not None:
+        residual = _as_float_array(residual, "residual")
+        if residual.shape != out_shape:
+            raise ValueError(f"residual has shape {residual.shape}, expected the output's {out_shape} for x "
+                             f"{x.shape} and weight {weight.shape}")
+        if residual.dtype != x.dtype:
+            raise TypeError(f"residual dtype {residual.dtype} differs from x dtype {x.dtype}")
+        residual = np.ascontiguousarray(residual)
     y = np.empty(out_shape, dtype=x.dtype)
     _C.conv2d_forward(np.ascontiguousarray(x), y, np.ascontiguousarray(weight), bias, stride, padding, dilation,
-                      groups)
+                      groups, residual, bool(relu))
     return y
 
 

@@ -268,19 +268,22 @@ class Conv2d(Module):
         return F.conv2d(x, self.params["weight"], self.params.get("bias"), self.stride, self.padding,
                         self.dilation, self.groups)
 
-    def forward_folded(self, x, bn):
-        """This convolution followed by `bn` (a BatchNorm2d in eval mode) as one convolution, for inference: the
-        weights scaled by s = gamma / sqrt(running_var + eps) per filter, the bias (b - running_mean) s + beta."""
+    def forward_inference(self, x, bn=None, residual=None, relu=False):
+        """Inference: this convolution, then `bn` (a BatchNorm2d in eval mode, or None), + `residual` (None or an
+        array of the output's shape), then ReLU when `relu`, as one convolution writing its output once. The
+        batch-norm folds into the weights, scaled by s = gamma / sqrt(running_var + eps) per filter, and the bias,
+        (b - running_mean) s + beta. Keeps nothing for backward."""
         _check_dtype(x, self)
-        _keep_for_backward(self, _x=None)
+        self._x = None
         self._no_grad_forward = True
-        w = self.params["weight"]
-        scale = bn.params["weight"] / np.sqrt(bn.buffers["running_var"] + bn.eps)
-        bias = self.params.get("bias")
-        shift = (0 if bias is None else bias) - bn.buffers["running_mean"]
-        return F.conv2d(x, (w * scale.reshape(-1, 1, 1, 1)).astype(w.dtype, copy=False),
-                        (shift * scale + bn.params["bias"]).astype(w.dtype, copy=False), self.stride, self.padding,
-                        self.dilation, self.groups)
+        w, bias = self.params["weight"], self.params.get("bias")
+        if bn is not None:
+            scale = bn.params["weight"] / np.sqrt(bn.buffers["running_var"] + bn.eps)
+            shift = (0 if bias is None else bias) - bn.buffers["running_mean"]
+            w = (w * scale.reshape(-1, 1, 1, 1)).astype(w.dtype, copy=False)
+            bias = (shift * scale + bn.params["bias"]).astype(w.dtype, copy=False)
+        return F.conv2d(x, w, bias, self.stride, self.padding, self.dilation, self.groups, residual=residual,
+                        relu=relu)
 
     def backward(self, dy):
         _check_kept(self)
@@ -589,22 +592,49 @@ class Sequential(Module):
             x = layer.forward(x)
         return x
 
-    def _forward_fused(self, x):
-        """Inference (inside no_grad): Conv2d + eval-mode BatchNorm2d run as one folded convolution; a ReLU
-        applies in place when its input is an array made here (not this container's input or a view of it)."""
+    def _forward_fused(self, x, residual=None, relu=False):
+        """Inference (inside no_grad): a Conv2d, the eval-mode BatchNorm2d and the ReLU after it run as one
+        convolution (Conv2d.forward_inference), as does a Residual and the ReLU after it; another ReLU applies in
+        place when its input is an array made here (not this container's input or a view of it).
+
+        `residual` and `relu` (a Residual's shortcut and the ReLU after it) apply to the output, fused into the
+        last convolution when this container ends with one."""
         layers, given, i, fresh = list(self.children.values()), x, 0, False
         while i < len(layers):
-            layer, following = layers[i], layers[i + 1] if i + 1 < len(layers) else None
-            if (type(layer) is Conv2d and type(following) is BatchNorm2d and not following.training
-                    and x.ndim == 4):
-                x, i, fresh = layer.forward_folded(x, following), i + 2, True
+            layer = layers[i]
+            if type(layer) is Conv2d and x.ndim == 4:
+                j = i + 1
+                bn = layers[j] if j < len(layers) and type(layers[j]) is BatchNorm2d and not layers[j].training \
+                    else None
+                j += bn is not None
+                with_relu = j < len(layers) and type(layers[j]) is ReLU
+                j += with_relu
+                if with_relu:
+                    _keep_for_backward(layers[j - 1], _x=None)
+                # the residual joins here when nothing follows (a ReLU of the group would come before the add)
+                take = residual is not None and j == len(layers) and not with_relu
+                if take:
+                    Residual._check_shapes(layer.output_shape(x.shape), residual.shape)
+                x = layer.forward_inference(x, bn, residual if take else None, with_relu or (take and relu))
+                if take:
+                    return x
+                i, fresh = j, True
             elif type(layer) is ReLU and fresh and not np.may_share_memory(x, given) and x.flags.writeable:
                 _keep_for_backward(layer, _x=None)
                 x, i = np.maximum(x, 0, out=x), i + 1
+            elif type(layer) is Residual and i + 1 < len(layers) and type(layers[i + 1]) is ReLU:
+                _keep_for_backward(layers[i + 1], _x=None)
+                x, i, fresh = layer._forward_fused(x, relu=True), i + 2, True
             else:
                 # only fastconv's own layers are known to return arrays nobody else holds
                 x, i, fresh = layer.forward(x), i + 1, type(layer) in _FRESH_OUTPUT_LAYERS
-        return x
+        if residual is not None:
+            Residual._check_shapes(x.shape, residual.shape)
+            x = x + residual if not fresh or np.may_share_memory(x, given) else np.add(x, residual, out=x)
+            fresh = True
+        if relu and (fresh and not np.may_share_memory(x, given) and x.flags.writeable):
+            return np.maximum(x, 0, out=x)
+        return np.maximum(x, 0) if relu else x
 
     def backward(self, dy):
         layers = list(self.children.values())
@@ -686,15 +716,30 @@ class Residual(Module):
         return self.children["body"].output_shape(input_shape)
 
     def forward(self, x):
+        if not is_grad_enabled():
+            return self._forward_fused(x)
         y = self.children["body"].forward(x)
         s = self.children["shortcut"].forward(x) if "shortcut" in self.children else x
-        if y.shape != s.shape:
-            raise ValueError(f"Residual: body output {y.shape} and shortcut {s.shape} differ; give a projection "
-                             f"shortcut")
-        if not is_grad_enabled() and not np.may_share_memory(y, x) and y.flags.writeable:
-            y += s  # inference: the body's output is a fresh array of ours
-            return y
+        self._check_shapes(y.shape, s.shape)
         return y + s
+
+    @staticmethod
+    def _check_shapes(body_shape, shortcut_shape):
+        if tuple(body_shape) != tuple(shortcut_shape):
+            raise ValueError(f"Residual: body output {tuple(body_shape)} and shortcut {tuple(shortcut_shape)} "
+                             f"differ; give a projection shortcut")
+
+    def _forward_fused(self, x, relu=False):
+        """Inference: the shortcut first, then the body with the add (and the following ReLU when `relu`) fused
+        into its last convolution when the body is a Sequential ending with one."""
+        body = self.children["body"]
+        s = self.children["shortcut"].forward(x) if "shortcut" in self.children else x
+        if type(body) is Sequential:
+            return body._forward_fused(x, residual=s, relu=relu)
+        y = body.forward(x)
+        self._check_shapes(y.shape, s.shape)
+        y = np.add(y, s, out=y) if not np.may_share_memory(y, x) and y.flags.writeable else y + s
+        return np.maximum(y, 0, out=y) if relu else y
 
     def backward(self, dy):
         body = self.children["body"]

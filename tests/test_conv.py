@@ -707,6 +707,65 @@ def test_zero_size_batch(arch, nthreads, dtype):
     assert dw_only is None and db_only.shape == (6,) and not db_only.any()
 
 
+# ---------------------------------------------------------------------------------------------------- fused epilogue
+
+# (x, w, geometry, the forward path it must take). The epilogue lives in a different place on each: the GEMM's
+# tile (per image, im2col or pointwise), the scatter of batched small images, the direct kernels' copy-out, the
+# Winograd output transform (and the rearranged layers that run on it).
+FUSED_CASES = {
+    "gemm_large_im2col": ((2, 3, 50, 50), (150, 3, 3, 3), dict(stride=1, padding=1), "gemm"),
+    "gemm_large_im2col_n1": ((1, 3, 50, 50), (150, 3, 3, 3), dict(stride=1, padding=1), "gemm"),
+    "gemm_large_pointwise_groups": ((3, 8, 48, 48), (6, 4, 1, 1), dict(groups=2), "gemm"),
+    "gemm_pointwise_edge_tiles": ((1, 70, 47, 45), (37, 70, 1, 1), dict(), "gemm"),
+    "gemm_batched_small": ((9, 5, 9, 9), (20, 5, 3, 2), dict(stride=(2, 1), padding=(1, 0)), "gemm"),
+    "direct": ((4, 6, 14, 14), (16, 6, 5, 5), dict(), "direct"),
+    "winograd": ((3, 16, 11, 9), (40, 16, 3, 3), dict(padding=1), "winograd"),
+    "rearranged_strided": ((2, 3, 39, 39), (96, 3, 11, 11), dict(stride=4), "winograd"),
+    "rearranged_shifts": ((2, 32, 9, 8), (130, 32, 5, 5), dict(padding=2), "winograd"),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", list(FUSED_CASES))
+def test_fused_residual_and_relu(arch, nthreads, dtype, case):
+    """conv2d(..., residual=r, relu=True) == max(conv2d(...) + r, 0) on every forward path, NaN kept by the ReLU,
+    and the residual never modified."""
+    x_shape, w_shape, geometry, path = FUSED_CASES[case]
+    rng = np.random.default_rng(7)
+    x, weight, b = make_problem(rng, x_shape, w_shape, dtype)
+    g = {**dict(stride=1, padding=0, dilation=1, groups=1), **geometry}
+    pair = lambda v: v if isinstance(v, tuple) else (v, v)
+    assert _C.conv2d_forward_path(x_shape, w_shape, pair(g["stride"]), pair(g["padding"]), pair(g["dilation"]),
+                                  g["groups"], np.dtype(dtype).itemsize) == path
+    plain = conv2d(x, weight, b, **geometry)
+    r = rng.standard_normal(plain.shape).astype(dtype)
+    r.flat[5] = np.nan
+    r_before = r.copy()
+    eps = np.finfo(dtype).eps
+    for residual, relu in ((None, True), (r, False), (r, True)):
+        want = plain + (0 if residual is None else residual)
+        if relu:
+            want = np.where(want < 0, 0, want)
+        got = conv2d(x, weight, b, **geometry, residual=residual, relu=relu)
+        assert got.dtype == dtype and got.shape == plain.shape
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        ok = ~np.isnan(want)
+        np.testing.assert_allclose(got[ok], want[ok], rtol=0, atol=4 * eps * np.abs(want[ok]).max())
+        if relu:
+            assert (got[ok] == 0).sum() >= ok.sum() // 4  # the ReLU did clamp: about half are negative
+    np.testing.assert_array_equal(r, r_before)
+
+
+def test_fused_residual_bad_input():
+    x, w = np.zeros((1, 4, 5, 5), np.float32), np.zeros((6, 4, 3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"residual has shape \(1, 6, 3, 4\), expected the output's \(1, 6, 3, 3\)"):
+        conv2d(x, w, residual=np.zeros((1, 6, 3, 4), np.float32))
+    with pytest.raises(TypeError, match=r"residual dtype float64 differs from x dtype float32"):
+        conv2d(x, w, residual=np.zeros((1, 6, 3, 3)))
+    with pytest.raises(TypeError, match=r"residual must be float32 or float64, got dtype int64"):
+        conv2d(x, w, residual=np.zeros((1, 6, 3, 3), np.int64))
+
+
 # ---------------------------------------------------------------------------------------------------- 6. bad input
 
 X = np.zeros((1, 4, 5, 5), np.float32)

@@ -1,5 +1,6 @@
 """fastconv.nn: module-level gradients against float64 central finite differences, shape inference against
 forward, freezing, state_dict, train/eval switching."""
+import contextlib
 import numpy as np
 import pytest
 
@@ -398,6 +399,61 @@ def test_no_grad_inference_matches_plain_forward(rng, dtype, monkeypatch):
     with fastconv.no_grad():
         fused_train = model.forward(x)
     assert max_relative_error(fused_train, model.forward(x)) < tol
+
+
+def test_no_grad_fuses_shortcut_and_relu_into_the_last_convolution(rng, monkeypatch):
+    """Which convolutions receive the shortcut and the ReLU (the routing; equality is checked above)."""
+    import fastconv
+    model = small_resnet(rng).eval()
+    calls = []
+    original = nn.Conv2d.forward_inference
+
+    def recording(self, x, bn=None, residual=None, relu=False):
+        calls.append((self.out_channels, self.kernel_size, bn is not None, residual is not None, relu))
+        return original(self, x, bn, residual, relu)
+    monkeypatch.setattr(nn.Conv2d, "forward_inference", recording)
+    with fastconv.no_grad():
+        model.forward(rng.standard_normal((2, 3, 16, 16)).astype(np.float32))
+    assert calls == [(6, (3, 3), True, False, True),                            # stem: conv + BN + ReLU
+                     (8, (1, 1), True, False, False),                           # projection shortcut first
+                     (8, (3, 3), True, False, True), (8, (3, 3), True, True, True),  # body; + shortcut, ReLU
+                     (8, (3, 3), True, False, True), (8, (3, 3), False, True, True)]  # identity block
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_no_grad_residual_patterns_match_plain_forward(rng, dtype):
+    """Shortcuts that cannot join the last convolution: a body ending in a ReLU (the add comes after it), a
+    body that is not a Sequential, one ending in another layer, a Residual with no ReLU after it."""
+    import fastconv
+
+    def conv(c=4):
+        return nn.Conv2d(4, c, 3, padding=1, rng=rng, dtype=dtype)
+    model = nn.Sequential(
+        nn.Residual(nn.Sequential(conv(), nn.ReLU())), nn.ReLU(),
+        nn.Residual(conv()), nn.ReLU(),
+        nn.Residual(nn.Sequential(conv(), nn.Dropout(0.5))), nn.ReLU(),
+        nn.Residual(nn.Sequential(conv(), nn.BatchNorm2d(4, dtype=dtype))),
+        nn.Residual(nn.Sequential(nn.ReLU(), conv())), nn.ReLU()).eval()
+    x = rng.standard_normal((2, 4, 7, 7)).astype(dtype)
+    x_before = x.copy()
+    plain = model.forward(x)
+    with fastconv.no_grad():
+        fused = model.forward(x)
+    np.testing.assert_array_equal(x, x_before)
+    assert max_relative_error(fused, plain) < (1e-5 if dtype == np.float32 else 1e-13)
+    assert (fused == 0).any()  # the ReLUs clamped something
+
+
+@pytest.mark.parametrize("body", ["sequential", "module"])
+def test_no_grad_residual_shape_mismatch_raises(rng, body):
+    import fastconv
+    c = nn.Conv2d(4, 4, 3, stride=2, padding=1, rng=rng)
+    block = nn.Residual(nn.Sequential(c) if body == "sequential" else c)
+    x = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    for ctx in (fastconv.no_grad, contextlib.nullcontext):
+        with ctx(), pytest.raises(ValueError, match=r"Residual: body output \(2, 4, 4, 4\) and shortcut "
+                                                   r"\(2, 4, 8, 8\) differ"):
+            nn.Sequential(block, nn.ReLU()).forward(x)
 
 
 def test_no_grad_relu_first_leaves_the_input_alone(rng):

@@ -75,8 +75,10 @@ const fc_arch fc_arch_avx2 = {
     "AVX2 + FMA3 (256-bit)",
     {6, 8, 2, 144, 256, 4096, {0, fc_sgemm_ukr_avx2_1, fc_sgemm_ukr_avx2_2, 0, 0},
      6, 2, 3, 4, {0, fc_sdirect_ukr_avx2_1, fc_sdirect_ukr_avx2_2, 0, 0}, fc_swgrad_ukr_avx2,
-     fc_swinograd_input_avx2, fc_swinograd_weights_avx2, fc_swinograd_grad_avx2, fc_swinograd_output_avx2},
+     fc_swinograd_input_avx2, fc_swinograd_weights_avx2, fc_swinograd_grad_avx2, fc_swinograd_output_avx2,
+     fc_sgemm_ukr_avx2_epilogue},
     {6, 4, 2, 144, 256, 2048, {0, fc_dgemm_ukr_avx2_1, fc_dgemm_ukr_avx2_2, 0, 0},
      6, 2, 3, 4, {0, fc_ddirect_ukr_avx2_1, fc_ddirect_ukr_avx2_2, 0, 0}, fc_dwgrad_ukr_avx2,
-     fc_dwinograd_input_avx2, fc_dwinograd_weights_avx2, fc_dwinograd_grad_avx2, fc_dwinograd_output_avx2},
+     fc_dwinograd_input_avx2, fc_dwinograd_weights_avx2, fc_dwinograd_grad_avx2, fc_dwinograd_output_avx2,
+     fc_dgemm_ukr_avx2_epilogue},
 };

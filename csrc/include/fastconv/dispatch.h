@@ -46,6 +46,13 @@ typedef void (*fc_swino_output_ukr)(int64_t cnt, const float *FC_RESTRICT m, int
 typedef void (*fc_dwino_output_ukr)(int64_t cnt, const double *FC_RESTRICT m, int64_t xi_stride, double b,
                                     double *FC_RESTRICT out, int64_t ldo);
 
+/* The epilogue of a tile of C the micro-kernel wrote (gemm.h's fc_Xgemm_epilogue, rows x cols at c): compiled
+ * with the ISA's flags so it runs at vector width. bias and add may be NULL. */
+typedef void (*fc_sepilogue_ukr)(int64_t rows, int64_t cols, float *FC_RESTRICT c, int64_t rs_c, const float *bias,
+                                 const float *FC_RESTRICT add, int64_t rs_add, int relu);
+typedef void (*fc_depilogue_ukr)(int64_t rows, int64_t cols, double *FC_RESTRICT c, int64_t rs_c,
+                                 const double *bias, const double *FC_RESTRICT add, int64_t rs_add, int relu);
+
 typedef struct fc_sgemm_kernel {
     int mr, vl, nv;     /* tile: mr rows x (nv * vl) columns */
     int mc, kc, nc;     /* cache blocking: A block mc x kc (L2), B panel kc x nc (L3), B micro-panel in L1 */
@@ -58,6 +65,7 @@ typedef struct fc_sgemm_kernel {
     fc_swino_weights_ukr winograd_weights;
     fc_swino_grad_ukr winograd_grad;
     fc_swino_output_ukr winograd_output;
+    fc_sepilogue_ukr epilogue;
 } fc_sgemm_kernel;
 
 typedef struct fc_dgemm_kernel {
@@ -71,6 +79,7 @@ typedef struct fc_dgemm_kernel {
     fc_dwino_weights_ukr winograd_weights;
     fc_dwino_grad_ukr winograd_grad;
     fc_dwino_output_ukr winograd_output;
+    fc_depilogue_ukr epilogue;
 } fc_dgemm_kernel;
 
 typedef struct fc_arch {

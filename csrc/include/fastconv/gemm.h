@@ -62,6 +62,31 @@ int fc_dgemm_b_packed(const fc_context *ctx, int64_t m, int64_t n, int64_t k, do
                       int64_t rs_a, int64_t cs_a, const void *b_src, fc_dpack_b_fn pack_b, double beta, double *c,
                       int64_t rs_c, int64_t cs_c);
 
+/* What the convolution's forward does to C after the product, tile by tile while the tile is still in L1 (so the
+ * output is written once instead of once per elementwise pass): C[i][j] += bias[i] (bias may be NULL), then
+ * C[i][j] += add[i * rs_add + j] (add may be NULL), then, when relu, max(C, 0) with NaN kept. Row and column
+ * indices are those of the whole C given to the call. Requires cs_c == 1. */
+typedef struct fc_sgemm_epilogue {
+    const float *bias;
+    const float *add;
+    int64_t rs_add;
+    int relu;
+} fc_sgemm_epilogue;
+typedef struct fc_dgemm_epilogue {
+    const double *bias;
+    const double *add;
+    int64_t rs_add;
+    int relu;
+} fc_dgemm_epilogue;
+
+/* fc_Xgemm_b_packed with an epilogue (NULL for none); FC_ERR_ARG when one is given and cs_c != 1. */
+int fc_sgemm_b_packed_epilogue(const fc_context *ctx, int64_t m, int64_t n, int64_t k, const float *a, int64_t rs_a,
+                               int64_t cs_a, const void *b_src, fc_spack_b_fn pack_b, float *c, int64_t rs_c,
+                               const fc_sgemm_epilogue *ep);
+int fc_dgemm_b_packed_epilogue(const fc_context *ctx, int64_t m, int64_t n, int64_t k, const double *a,
+                               int64_t rs_a, int64_t cs_a, const void *b_src, fc_dpack_b_fn pack_b, double *c,
+                               int64_t rs_c, const fc_dgemm_epilogue *ep);
+
 /* Naive triple loop, the oracle the tests and the packed driver's edge handling can be checked against. */
 void fc_sgemm_naive(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t rs_a, int64_t cs_a,
                     const float *b, int64_t rs_b, int64_t cs_b, float beta, float *c, int64_t rs_c, int64_t cs_c);
