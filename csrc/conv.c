@@ -144,6 +144,30 @@ static int fc_conv2d_use_direct(const fc_conv2d_desc *d, int vl, int64_t elem_si
     return fg >= 2 && fg <= FC_DIRECT_MAX_FILTERS && d->c / d->groups * g.plane * elem_size <= FC_DIRECT_MAX_IMAGE_BYTES;
 }
 
+static int direct_layout = FC_CONV_DIRECT_LAYOUT_AUTO;
+
+int fc_conv2d_set_direct_layout(int layout) {
+    if (layout < FC_CONV_DIRECT_LAYOUT_AUTO || layout > FC_CONV_DIRECT_LAYOUT_LANES) return FC_ERR_ARG;
+    direct_layout = layout;
+    return FC_OK;
+}
+
+int fc_conv2d_direct_layout(void) { return direct_layout; }
+
+int fc_conv2d_direct_lanes(const fc_conv2d_desc *d, int vl, int64_t elem_size) {
+    fc_direct_grid g;
+    int64_t stage;
+    if (direct_layout == FC_CONV_DIRECT_LAYOUT_WIDE || fc_direct_grid_init(&g, d, vl) != FC_OK) return 0;
+    /* the staged group of vl images must stay as small as the wide path's one image */
+    if (fc_mul_overflow(g.plane * (d->c / d->groups), vl, &stage) || stage > FC_DIRECT_MAX_STAGE) return 0;
+    if (direct_layout == FC_CONV_DIRECT_LAYOUT_LANES) return 1;
+    /* useful fraction of the computed pixels: wide oh*ow / qv, lanes n / (n rounded up to vl); lanes pays for
+     * interleaving the input and the output, so it must win clearly */
+    int64_t lanes_total = (d->n + vl - 1) / vl * vl;
+    (void)elem_size;
+    return 10 * d->n * g.qv > 12 * d->oh * d->ow * lanes_total;
+}
+
 /* Layers rearranged into 3x3-like stride-1 layers that run on Winograd. The input becomes phases,
  *     x2[c, a, b](i, j) = xpad[c](i s + a t, j s + b t),   a, b < P,
  * an image of c P^2 channels on which the kernel w2[f][c, a, b](u, v) = w[f][c](u s + a t, v s + b t) (zero past

@@ -8,6 +8,8 @@ cdef extern from "fastconv/conv.h" nogil:
     int fc_conv2d_input_grad_method()
     int fc_conv2d_set_direct_mode(int mode)
     int fc_conv2d_direct_mode()
+    int fc_conv2d_set_direct_layout(int layout)
+    int fc_conv2d_direct_layout()
     int fc_conv2d_set_winograd_mode(int mode)
     int fc_conv2d_winograd_mode()
     int64_t fc_conv2d_workspace_bytes(const fc_conv2d_desc *d, int64_t elem_size)
@@ -76,6 +78,23 @@ def conv2d_direct_mode(mode=None):
         if mode not in _DIRECT_MODES:
             raise ValueError(f"mode must be one of {_DIRECT_MODES}, got {mode!r}")
         check(fc_conv2d_set_direct_mode(_DIRECT_MODES.index(mode)))
+    return previous
+
+
+_DIRECT_LAYOUTS = ("auto", "wide", "lanes")
+
+
+def conv2d_direct_layout(layout=None):
+    """The process-wide pixel layout of the direct forward kernels ("auto", "wide" or "lanes"); sets it when given.
+
+    "wide" vectorizes along each image's zero-padded rows (computing the padding columns too), "lanes" puts one
+    image in each lane of a vector (no wasted columns; the batch rounded up to the vector length); "auto" picks the
+    one that wastes less. Returns the previous setting. Meant for tests and benchmarks."""
+    previous = _DIRECT_LAYOUTS[fc_conv2d_direct_layout()]
+    if layout is not None:
+        if layout not in _DIRECT_LAYOUTS:
+            raise ValueError(f"layout must be one of {_DIRECT_LAYOUTS}, got {layout!r}")
+        check(fc_conv2d_set_direct_layout(_DIRECT_LAYOUTS.index(layout)))
     return previous
 
 

@@ -222,6 +222,27 @@ def test_direct_kernels(arch, nthreads, direct_mode, case):
     run_case(x_shape, w_shape, geometry)
 
 
+@pytest.fixture(params=["wide", "lanes"])
+def direct_layout(request):
+    """The direct forward on each pixel layout: padded rows of one image, or one image per vector lane."""
+    previous = _C.conv2d_direct_layout(request.param)
+    yield request.param
+    _C.conv2d_direct_layout(previous)
+
+
+@pytest.mark.parametrize("case", list(DIRECT_CASES) + ["lanes_partial_group"])
+def test_direct_kernels_each_layout(arch, nthreads, direct_layout, case):
+    """Forward, input gradient (a flipped forward on the same kernels) and weight gradient on both layouts; the
+    lanes layout with batches that fill no, one or several groups of vector-length images (70 = 4 x 16 + 6)."""
+    x_shape, w_shape, geometry = DIRECT_CASES.get(case) or ((19, 4, 7, 6), (10, 2, 2, 3), dict(padding=(1, 0),
+                                                                                             groups=2))
+    previous = _C.conv2d_direct_mode("always")
+    try:
+        run_case(x_shape, w_shape, geometry)
+    finally:
+        _C.conv2d_direct_mode(previous)
+
+
 # Winograd F(2x2, 3x3) (3x3, stride 1, no dilation): blocks of 96 tiles in micro-panels of nr tiles (48 on AVX-512
 # float32, 16 on AVX2, 4 portable), runs of a tile row shorter than a vector, the GEMM's kc slices of the channels
 # (kc = 192 to 384: 400 channels need two or three), filters not a multiple of the micro-kernel's rows, odd
@@ -431,7 +452,8 @@ def test_winograd_auto_choice():
     (_C.conv2d_direct_mode, "always", "sometimes", "mode must be one of"),
     (_C.conv2d_input_grad_method, "flipped", "winograd", "method must be one of"),
     (_C.conv2d_winograd_mode, "never", True, "mode must be one of"),
-], ids=["direct_mode", "input_grad_method", "winograd_mode"])
+    (_C.conv2d_direct_layout, "lanes", "rows", "layout must be one of"),
+], ids=["direct_mode", "input_grad_method", "winograd_mode", "direct_layout"])
 def test_path_settings(setting, value, bad, message):
     """Each process-wide path setting: "auto" by default, returns the previous value, rejects others."""
     previous = setting()

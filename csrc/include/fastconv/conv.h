@@ -56,6 +56,15 @@ int fc_conv2d_input_grad_method(void);
 enum { FC_CONV_DIRECT_AUTO = 0, FC_CONV_DIRECT_NEVER = 1, FC_CONV_DIRECT_ALWAYS = 2 };
 int fc_conv2d_set_direct_mode(int mode);
 int fc_conv2d_direct_mode(void);
+/* The direct forward's layout of the pixels in a vector: "wide" rows of one image (the kernel computes the
+ * padded row's extra columns and drops them) or "lanes", one image per lane (VL images staged interleaved, no
+ * column computed in vain; the last group's missing images padded with zeros). Auto picks the layout that wastes
+ * less (LeNet's 10x10 outputs of 14-wide rows: lanes). Process-wide, for tests. */
+enum { FC_CONV_DIRECT_LAYOUT_AUTO = 0, FC_CONV_DIRECT_LAYOUT_WIDE = 1, FC_CONV_DIRECT_LAYOUT_LANES = 2 };
+int fc_conv2d_set_direct_layout(int layout);
+int fc_conv2d_direct_layout(void);
+/* Whether layer d (on the direct path) runs its forward with images in the lanes of vectors of vl elements. */
+int fc_conv2d_direct_lanes(const fc_conv2d_desc *d, int vl, int64_t elem_size);
 
 /* Winograd F(2x2, 3x3) (winograd_impl.inc) for 3x3, stride-1, undilated layers, forward (and so the input
  * gradient when it runs as a flipped forward convolution). Process-wide, for tests:
