@@ -18,10 +18,11 @@ cdef extern from "fastconv/conv.h" nogil:
                            const float *bias, const fc_conv2d_desc *d)
     int fc_dconv2d_forward(const fc_context *ctx, const double *x, double *y, const double *weight,
                            const double *bias, const fc_conv2d_desc *d)
-    int fc_sconv2d_forward_fused(const fc_context *ctx, const float *x, float *y, const float *weight,
+    int fc_sconv2d_forward_fused(const fc_context *ctx, const float *x, float *y, int64_t ldy, const float *weight,
                                  const float *bias, const float *res, int relu, const fc_conv2d_desc *d)
-    int fc_dconv2d_forward_fused(const fc_context *ctx, const double *x, double *y, const double *weight,
-                                 const double *bias, const double *res, int relu, const fc_conv2d_desc *d)
+    int fc_dconv2d_forward_fused(const fc_context *ctx, const double *x, double *y, int64_t ldy,
+                                 const double *weight, const double *bias, const double *res, int relu,
+                                 const fc_conv2d_desc *d)
     int fc_sconv2d_backward_input(const fc_context *ctx, const float *dy, float *dx, const float *weight,
                                   const fc_conv2d_desc *d)
     int fc_dconv2d_backward_input(const fc_context *ctx, const double *dy, double *dx, const double *weight,
@@ -140,10 +141,11 @@ def conv2d_forward_path(tuple x_shape, tuple w_shape, tuple stride, tuple paddin
     return _FORWARD_PATHS[fc_conv2d_forward_path(&ctx, &d, itemsize)]
 
 
-def conv2d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, const real[:, :, :, ::1] weight,
+def conv2d_forward(const real[:, :, :, ::1] x, real[:, :, :, :] y, const real[:, :, :, ::1] weight,
                    const real[::1] bias, tuple stride, tuple padding, tuple dilation, int64_t groups,
                    const real[:, :, :, ::1] residual=None, bint relu=False):
-    """y = conv(x, weight) + bias (+ residual, y's shape; then max(., 0) when relu), y written once."""
+    """y = conv(x, weight) + bias (+ residual, y's shape; then max(., 0) when relu), y written once. Each image
+    of y must be contiguous (y may be a channel slice of a wider array); a residual needs y dense."""
     cdef fc_conv2d_desc d = _conv_desc((x.shape[0], x.shape[1], x.shape[2], x.shape[3]),
                                        (weight.shape[0], weight.shape[1], weight.shape[2], weight.shape[3]), stride, padding, dilation,
                                        groups)
@@ -151,21 +153,34 @@ def conv2d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, const real[
     cdef const real *pb = &bias[0] if bias is not None else NULL
     cdef const real *pr = NULL
     cdef int err = 0
+    cdef Py_ssize_t item = sizeof(real)
+    cdef int64_t ldy = 0
+    if y.shape[0] > 0 and y.shape[1] > 0 and y.shape[2] > 0 and y.shape[3] > 0:
+        if ((y.shape[3] > 1 and y.strides[3] != item) or (y.shape[2] > 1 and y.strides[2] != y.shape[3] * item)
+                or (y.shape[1] > 1 and y.strides[1] != y.shape[2] * y.shape[3] * item)
+                or (y.shape[0] > 1 and (y.strides[0] % item != 0
+                                        or y.strides[0] < y.shape[1] * y.shape[2] * y.shape[3] * item))):
+            raise ValueError("each image of the output must be a contiguous block (a channel slice of a C-order "
+                             "array), with images at increasing addresses")
+        if y.shape[0] > 1:
+            ldy = y.strides[0] // item
     if residual is not None:
         for i in range(4):
             if residual.shape[i] != y.shape[i]:
                 raise ValueError("residual's shape differs from the output's")
+        if ldy != 0 and ldy != y.shape[1] * y.shape[2] * y.shape[3]:
+            raise ValueError("a residual needs a dense output")
         if residual.shape[0] > 0:
             pr = &residual[0, 0, 0, 0]
     if d.n == 0:
         return
     with nogil:
         if real is float:
-            err = fc_sconv2d_forward_fused(&ctx, &x[0, 0, 0, 0], &y[0, 0, 0, 0], &weight[0, 0, 0, 0], pb, pr,
-                                           relu, &d)
+            err = fc_sconv2d_forward_fused(&ctx, &x[0, 0, 0, 0], &y[0, 0, 0, 0], ldy, &weight[0, 0, 0, 0], pb,
+                                           pr, relu, &d)
         else:
-            err = fc_dconv2d_forward_fused(&ctx, &x[0, 0, 0, 0], &y[0, 0, 0, 0], &weight[0, 0, 0, 0], pb, pr,
-                                           relu, &d)
+            err = fc_dconv2d_forward_fused(&ctx, &x[0, 0, 0, 0], &y[0, 0, 0, 0], ldy, &weight[0, 0, 0, 0], pb,
+                                           pr, relu, &d)
     check(err)
 
 

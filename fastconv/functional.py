@@ -142,7 +142,8 @@ def _conv_args(x, weight, bias, stride, padding, dilation, groups):
     return x, weight, bias, stride, padding, dilation, groups, (n, f, oh, ow)
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, residual=None, relu=False):
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, residual=None, relu=False,
+           out=None):
     """2-D convolution (cross-correlation, as in every framework), NCHW.
 
     Parameters
@@ -156,6 +157,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, r
     relu : apply max(., 0) last (NaN stays NaN).
         Both for inference: ``conv2d(x, w, b, residual=s, relu=True)`` equals ``relu(conv2d(x, w, b) + s)`` but
         writes y once, each tile while it is in cache, instead of once per elementwise pass.
+    out : None or an array of y's shape and dtype to write into and return, whose every image is one contiguous
+        block: a C-contiguous array or a channel slice ``buf[:, c0:c1]`` of one (an inception block writes each
+        branch straight into its part of the concatenation). With a residual it must be C-contiguous.
 
     Returns
     -------
@@ -183,10 +187,36 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, r
         if residual.dtype != x.dtype:
             raise TypeError(f"residual dtype {residual.dtype} differs from x dtype {x.dtype}")
         residual = np.ascontiguousarray(residual)
-    y = np.empty(out_shape, dtype=x.dtype)
+    if out is None:
+        y = np.empty(out_shape, dtype=x.dtype)
+    else:
+        y = _conv_out(out, out_shape, x.dtype, residual is not None)
     _C.conv2d_forward(np.ascontiguousarray(x), y, np.ascontiguousarray(weight), bias, stride, padding, dilation,
                       groups, residual, bool(relu))
     return y
+
+
+def _conv_out(out, shape, dtype, dense):
+    """conv2d's `out`, checked: the kernels write each image as one block at out's image stride."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise TypeError(f"out dtype {out.dtype} differs from x dtype {dtype}")
+    if out.shape != shape:
+        raise ValueError(f"out has shape {out.shape}, expected {shape}")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")
+    item = out.itemsize
+    image = item * shape[1] * shape[2] * shape[3]
+    blocks = out.size == 0 or (
+        (shape[3] == 1 or out.strides[3] == item) and (shape[2] == 1 or out.strides[2] == item * shape[3]) and
+        (shape[1] == 1 or out.strides[1] == item * shape[2] * shape[3]) and
+        (shape[0] == 1 or (out.strides[0] >= image and out.strides[0] % item == 0)))
+    if not blocks or (dense and not out.flags.c_contiguous):
+        raise ValueError(f"out (shape {out.shape}, strides {out.strides}) must hold each image as one contiguous "
+                         f"block{' and be C-contiguous (with a residual)' if dense else ''}, as a C-contiguous "
+                         f"array or a channel slice of one")
+    return out
 
 
 def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *, need_input_grad=True,

@@ -268,11 +268,11 @@ class Conv2d(Module):
         return F.conv2d(x, self.params["weight"], self.params.get("bias"), self.stride, self.padding,
                         self.dilation, self.groups)
 
-    def forward_inference(self, x, bn=None, residual=None, relu=False):
+    def forward_inference(self, x, bn=None, residual=None, relu=False, out=None):
         """Inference: this convolution, then `bn` (a BatchNorm2d in eval mode, or None), + `residual` (None or an
         array of the output's shape), then ReLU when `relu`, as one convolution writing its output once. The
         batch-norm folds into the weights, scaled by s = gamma / sqrt(running_var + eps) per filter, and the bias,
-        (b - running_mean) s + beta. Keeps nothing for backward."""
+        (b - running_mean) s + beta. `out`: where to write (F.conv2d's). Keeps nothing for backward."""
         _check_dtype(x, self)
         self._x = None
         self._no_grad_forward = True
@@ -283,7 +283,7 @@ class Conv2d(Module):
             w = (w * scale.reshape(-1, 1, 1, 1)).astype(w.dtype, copy=False)
             bias = (shift * scale + bn.params["bias"]).astype(w.dtype, copy=False)
         return F.conv2d(x, w, bias, self.stride, self.padding, self.dilation, self.groups, residual=residual,
-                        relu=relu)
+                        relu=relu, out=out)
 
     def backward(self, dy):
         _check_kept(self)
@@ -592,13 +592,14 @@ class Sequential(Module):
             x = layer.forward(x)
         return x
 
-    def _forward_fused(self, x, residual=None, relu=False):
+    def _forward_fused(self, x, residual=None, relu=False, out=None):
         """Inference (inside no_grad): a Conv2d, the eval-mode BatchNorm2d and the ReLU after it run as one
         convolution (Conv2d.forward_inference), as does a Residual and the ReLU after it; another ReLU applies in
         place when its input is an array made here (not this container's input or a view of it).
 
         `residual` and `relu` (a Residual's shortcut and the ReLU after it) apply to the output, fused into the
-        last convolution when this container ends with one."""
+        last convolution when this container ends with one. `out` (a slice of a Concat's output): where the result
+        goes, written by the last convolution when it can."""
         layers, given, i, fresh = list(self.children.values()), x, 0, False
         while i < len(layers):
             layer = layers[i]
@@ -615,8 +616,9 @@ class Sequential(Module):
                 take = residual is not None and j == len(layers) and not with_relu
                 if take:
                     Residual._check_shapes(layer.output_shape(x.shape), residual.shape)
-                x = layer.forward_inference(x, bn, residual if take else None, with_relu or (take and relu))
-                if take:
+                into = out if j == len(layers) and (residual is None or take) else None
+                x = layer.forward_inference(x, bn, residual if take else None, with_relu or (take and relu), into)
+                if take or into is not None:
                     return x
                 i, fresh = j, True
             elif type(layer) is ReLU and fresh and not np.may_share_memory(x, given) and x.flags.writeable:
@@ -632,9 +634,13 @@ class Sequential(Module):
             Residual._check_shapes(x.shape, residual.shape)
             x = x + residual if not fresh or np.may_share_memory(x, given) else np.add(x, residual, out=x)
             fresh = True
-        if relu and (fresh and not np.may_share_memory(x, given) and x.flags.writeable):
-            return np.maximum(x, 0, out=x)
-        return np.maximum(x, 0) if relu else x
+        if relu:
+            x = np.maximum(x, 0, out=x) if fresh and not np.may_share_memory(x, given) and x.flags.writeable \
+                else np.maximum(x, 0)
+        if out is not None:
+            out[...] = x
+            return out
+        return x
 
     def backward(self, dy):
         layers = list(self.children.values())
@@ -686,9 +692,29 @@ class Concat(Module):
         return (shapes[0][0], sum(s[1] for s in shapes)) + tuple(shapes[0][2:])
 
     def forward(self, x):
+        if not is_grad_enabled():
+            return self._forward_fused(x)
         outs = [b.forward(x) for b in self.children.values()]
         self._sizes = [o.shape[1] for o in outs]
         return np.concatenate(outs, axis=1)
+
+    def _forward_fused(self, x):
+        """Inference: each branch writes its channels of the output itself (its last convolution straight into
+        the slice), instead of a concatenation copying them all once more."""
+        if x.ndim != 4:
+            return np.concatenate([b.forward(x) for b in self.children.values()], axis=1)
+        y = np.empty(self.output_shape(x.shape), dtype=x.dtype)
+        self._sizes, c0 = [], 0
+        for b in self.children.values():
+            c1 = c0 + b.output_shape(x.shape)[1]
+            part = y[:, c0:c1]
+            if type(b) is Sequential:
+                b._forward_fused(x, out=part)
+            else:
+                part[...] = b.forward(x)
+            self._sizes.append(c1 - c0)
+            c0 = c1
+        return y
 
     def backward(self, dy):
         dx = None

@@ -778,6 +778,44 @@ def test_fused_residual_and_relu(arch, nthreads, dtype, case):
     np.testing.assert_array_equal(r, r_before)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", list(FUSED_CASES))
+def test_output_into_a_channel_slice(arch, nthreads, dtype, case):
+    """out=buf[:, c0:c1] (an inception block's share of its concatenation): the same values as a fresh output on
+    every forward path, nothing written outside the slice, the slice returned."""
+    x_shape, w_shape, geometry, _ = FUSED_CASES[case]
+    x, weight, b = make_problem(np.random.default_rng(3), x_shape, w_shape, dtype)
+    want = conv2d(x, weight, b, **geometry, relu=True)
+    n, f = want.shape[:2]
+    buf = np.full((n, f + 5) + want.shape[2:], -7.0, dtype)
+    got = conv2d(x, weight, b, **geometry, relu=True, out=buf[:, 2:2 + f])
+    assert np.shares_memory(got, buf) and got.shape == want.shape
+    np.testing.assert_array_equal(buf[:, 2:2 + f], want)
+    assert (buf[:, :2] == -7).all() and (buf[:, 2 + f:] == -7).all()
+
+
+def test_output_argument_bad_input():
+    x, w = np.zeros((2, 4, 5, 5), np.float32), np.zeros((6, 4, 3, 3), np.float32)
+    buf = np.zeros((2, 8, 3, 3), np.float32)
+    with pytest.raises(TypeError, match=r"out must be a NumPy array, got list"):
+        conv2d(x, w, out=[0.0])
+    with pytest.raises(TypeError, match=r"out dtype float64 differs from x dtype float32"):
+        conv2d(x, w, out=np.zeros((2, 6, 3, 3)))
+    with pytest.raises(ValueError, match=r"out has shape \(2, 6, 3, 4\), expected \(2, 6, 3, 3\)"):
+        conv2d(x, w, out=np.zeros((2, 6, 3, 4), np.float32))
+    with pytest.raises(ValueError, match=r"strides .* must hold each image as one contiguous block"):
+        conv2d(x, w, out=np.zeros((2, 6, 3, 6), np.float32)[..., ::2])
+    with pytest.raises(ValueError, match=r"strides .* must hold each image as one contiguous block"):
+        conv2d(x, w, out=np.zeros((6, 2, 3, 3), np.float32).transpose(1, 0, 2, 3))
+    with pytest.raises(ValueError, match=r"C-contiguous \(with a residual\)"):
+        conv2d(x, w, residual=np.zeros((2, 6, 3, 3), np.float32), out=buf[:, 1:7])
+    read_only = np.zeros((2, 6, 3, 3), np.float32)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match=r"out is read-only"):
+        conv2d(x, w, out=read_only)
+    np.testing.assert_array_equal(buf, 0)
+
+
 def test_fused_residual_bad_input():
     x, w = np.zeros((1, 4, 5, 5), np.float32), np.zeros((6, 4, 3, 3), np.float32)
     with pytest.raises(ValueError, match=r"residual has shape \(1, 6, 3, 4\), expected the output's \(1, 6, 3, 3\)"):

@@ -408,9 +408,9 @@ def test_no_grad_fuses_shortcut_and_relu_into_the_last_convolution(rng, monkeypa
     calls = []
     original = nn.Conv2d.forward_inference
 
-    def recording(self, x, bn=None, residual=None, relu=False):
+    def recording(self, x, bn=None, residual=None, relu=False, out=None):
         calls.append((self.out_channels, self.kernel_size, bn is not None, residual is not None, relu))
-        return original(self, x, bn, residual, relu)
+        return original(self, x, bn, residual, relu, out)
     monkeypatch.setattr(nn.Conv2d, "forward_inference", recording)
     with fastconv.no_grad():
         model.forward(rng.standard_normal((2, 3, 16, 16)).astype(np.float32))
@@ -454,6 +454,38 @@ def test_no_grad_residual_shape_mismatch_raises(rng, body):
         with ctx(), pytest.raises(ValueError, match=r"Residual: body output \(2, 4, 4, 4\) and shortcut "
                                                    r"\(2, 4, 8, 8\) differ"):
             nn.Sequential(block, nn.ReLU()).forward(x)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_no_grad_concat_writes_branches_in_place(rng, dtype, monkeypatch):
+    """Inception branches under no_grad: the same output as the plain forward; branches ending in a convolution
+    write their slice directly (no np.concatenate), the others are copied in."""
+    import fastconv
+
+    def conv(cin, cout, k=1, **kw):
+        return nn.Conv2d(cin, cout, k, padding=k // 2, rng=rng, dtype=dtype, **kw)
+    block = nn.Concat(nn.Sequential(conv(5, 3), nn.ReLU()),
+                      nn.Sequential(conv(5, 4), conv(4, 6, 3)),
+                      nn.Sequential(nn.MaxPool2d(3, 1, 1), conv(5, 2), nn.ReLU()),
+                      nn.Sequential(conv(5, 2), nn.ReLU(), nn.Dropout(0.5)),
+                      conv(5, 3, 5))
+    model = nn.Sequential(conv(3, 5, 3), nn.ReLU(), block, nn.ReLU()).eval()
+    x = rng.standard_normal((3, 3, 9, 8)).astype(dtype)
+    plain = model.forward(x)
+    outs = []
+    original = nn.Conv2d.forward_inference
+
+    def recording(self, x, bn=None, residual=None, relu=False, out=None):
+        outs.append(out is not None)
+        return original(self, x, bn, residual, relu, out)
+    monkeypatch.setattr(nn.Conv2d, "forward_inference", recording)
+    monkeypatch.setattr(np, "concatenate", None)  # must not be needed
+    with fastconv.no_grad():
+        fused = model.forward(x)
+    assert fused.shape == plain.shape == (3, 16, 9, 8)
+    assert max_relative_error(fused, plain) < (1e-5 if dtype == np.float32 else 1e-13)
+    # stem, branch 1, branch 2 (reduce, then into the slice), branch 3, branch 4 (copied: ends in Dropout)
+    assert outs == [False, True, False, True, True, False]
 
 
 def test_no_grad_relu_first_leaves_the_input_alone(rng):
