@@ -88,6 +88,38 @@ def measure(fn, budget=0.5, min_repeats=3, max_repeats=1000):
     return Timing(samples, result)
 
 
+def measure_rounds(fns, budget=0.5, min_repeats=3, rounds=3, pause=0.05):
+    """Time several callables of one cell ({name: fn} -> {name: Timing}) in `rounds` rounds, each library in turn.
+
+    On a shared machine the load drifts within minutes (other jobs, the sibling hyperthread); timing one library
+    after the other lets such a drift land on one library only and skew the ratio. Here every round gives each
+    library about budget / rounds seconds (at least one call, and `min_repeats` over all rounds), so all of them
+    sample the same stretch of time. Within a round one library runs its calls back to back, after an untimed
+    call and a `pause`: the previous library's spinning OpenMP / thread-pool workers have gone idle by then and do
+    not compete for the cores. The untimed call of the first round is each Timing's `result`.
+    """
+    samples = {name: [] for name in fns}
+    results = {}
+    per_round = budget / max(rounds, 1)
+    for r in range(max(rounds, 1)):
+        for name, fn in fns.items():
+            time.sleep(pause)
+            out = fn()
+            if r == 0:
+                results[name] = out
+            start = time.perf_counter()
+            need = max(1, -(-min_repeats // max(rounds, 1)))
+            taken = 0
+            while True:
+                t0 = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - t0)
+                taken += 1
+                if taken >= need and time.perf_counter() - start >= per_round:
+                    break
+    return {name: Timing(samples[name], results[name]) for name in fns}
+
+
 # ---------------------------------------------------------------------------------------------------- peak
 
 def machine_peak():

@@ -20,7 +20,7 @@ import json
 import sys
 from dataclasses import dataclass
 
-from _common import (all_threads, environment, fmt, machine_peak, markdown_table, measure, np, peak_for,
+from _common import (all_threads, environment, fmt, machine_peak, markdown_table, measure_rounds, np, peak_for,
                      print_environment, ratio, torch)
 
 import fastconv.functional as fc  # noqa: E402  (_common chose which fastconv is imported)
@@ -371,12 +371,9 @@ def run_conv(layers, threads, timing, peak, arch, records, checks):
                 callables = conv_callables(layer, arrays)
                 for pas in PASSES:
                     flop = FLOPS_PER_MAC[pas] * layer.macs
-                    cell = {}
-                    for lib in LIBS:
-                        fn = callables.get(lib, {}).get(pas)
-                        if fn is None:
-                            continue
-                        cell[lib] = measure(fn, **timing)
+                    fns = {lib: callables[lib][pas] for lib in LIBS if callables.get(lib, {}).get(pas)}
+                    cell = measure_rounds(fns, **timing)
+                    for lib in cell:
                         records.append({"kind": "conv", "layer": layer.name, "threads": n, "pass": pas,
                                         "lib": lib, "flop": flop, "samples_ms": [1e3 * t for t in cell[lib].samples],
                                         "median_ms": cell[lib].median_ms, "gflops": flop / cell[lib].median / 1e9})
@@ -425,12 +422,8 @@ def run_memory(ops, threads, timing, records, checks):
             for name in ops:
                 nbytes, libs, desc = memory_op_case(name)
                 for pas in PASSES:
-                    cell = {}
-                    for lib, fns in libs.items():
-                        fn = fns.get(pas)
-                        if fn is None:
-                            continue
-                        cell[lib] = measure(fn, **timing)
+                    cell = measure_rounds({lib: fns[pas] for lib, fns in libs.items() if fns.get(pas)}, **timing)
+                    for lib in cell:
                         records.append({"kind": "memory", "op": name, "shape": desc, "threads": n, "pass": pas,
                                         "lib": lib, "bytes": nbytes[pas],
                                         "samples_ms": [1e3 * s for s in cell[lib].samples],
@@ -497,7 +490,7 @@ def main(argv=None):
     if torch is None:
         print("torch not installed: torch columns are empty\n")
     timing = {"budget": args.budget, "min_repeats": 3}
-    print(f"Timing: one untimed warm-up call, then >= 3 timed calls and ~{args.budget:g} s per cell; median "
+    print(f"Timing: the libraries in turn over 3 rounds, each an untimed call then timed calls, >= 3 and ~{args.budget:g} s per cell; median "
           "shown. The machine may be shared: compare ratios measured in the same run, not absolute figures.\n")
     if args.conv_layers:
         rows = [[la.name, str(la.x_shape), f"{la.out_channels} x {la.kernel}x{la.kernel}", la.stride, la.padding,

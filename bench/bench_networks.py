@@ -12,8 +12,9 @@ dynamic batch). All three run in the same process, cell after cell, at each thre
                  fastconv: model.train(), no input gradient for the first layer, fastconv.optim.SGD;
                  torch: train(), zero_grad(set_to_none=True), F.cross_entropy, torch.optim.SGD
 
-Each cell, one library after the other: one untimed warm-up call, then timed calls until the budget is spent
-(at least 3); the median is reported. eff GFLOP/s = (2 for inference, 6 for training) x MACs x batch / median
+Each cell: the libraries take turns in 3 rounds (so a drift of the machine's load hits them alike), each round
+giving a library an untimed call, then timed calls for a third of the budget; at least 3 timed calls per
+library; the median is reported. eff GFLOP/s = (2 for inference, 6 for training) x MACs x batch / median
 time, the MACs being those of the conv and linear layers from fastconv.analyze.summary (the convention of the
 project's performance anchors). Ratios are in images/s, fastconv / torch and fastconv / onnxruntime: > 1 means
 fastconv is faster. The warm-up results are checked: inference logits of fastconv and onnxruntime against
@@ -35,7 +36,7 @@ import tempfile
 import time
 
 from _common import (all_threads, environment, fmt, library_versions, load_average, machine, markdown_table,
-                     measure, memory_bytes, np, onnxruntime_or_none, ort_session, ratio, torch)
+                     measure_rounds, memory_bytes, np, onnxruntime_or_none, ort_session, ratio, torch)
 
 import fastconv  # noqa: E402  (_common chose which fastconv is imported)
 from fastconv import analyze, models, nn, optim  # noqa: E402
@@ -260,10 +261,10 @@ def run_network(name, plan, threads, budget, use_torch, use_onnx, records, check
                         print(f"<!-- skipped {name} {mode} batch {batch} at {n} threads: {reason} -->", flush=True)
                         continue
                     x, labels = net.batch(batch)
-                    # one library after the other: taking turns call by call would leave each library's
-                    # spinning OpenMP / thread-pool workers competing with the next one's for the cores
-                    timings = {lib: measure(fn, budget=budget, min_repeats=3)
-                               for lib, fn in cell_callables(net, mode, x, labels, session).items()}
+                    # the libraries take turns in rounds (measure_rounds: a drifting machine load then hits all
+                    # of them alike), each running its calls back to back within a round
+                    timings = measure_rounds(cell_callables(net, mode, x, labels, session), budget=budget,
+                                             min_repeats=3)
                     flop = FLOPS_PER_MAC[mode] * net.macs * batch
                     cell = {}
                     for lib, t in timings.items():
