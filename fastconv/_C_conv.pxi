@@ -19,10 +19,11 @@ cdef extern from "fastconv/conv.h" nogil:
     int fc_dconv2d_forward(const fc_context *ctx, const double *x, double *y, const double *weight,
                            const double *bias, const fc_conv2d_desc *d)
     int fc_sconv2d_forward_fused(const fc_context *ctx, const float *x, float *y, int64_t ldy, const float *weight,
-                                 const float *bias, const float *res, int relu, const fc_conv2d_desc *d)
-    int fc_dconv2d_forward_fused(const fc_context *ctx, const double *x, double *y, int64_t ldy,
-                                 const double *weight, const double *bias, const double *res, int relu,
+                                 const float *scale, const float *bias, const float *res, int relu,
                                  const fc_conv2d_desc *d)
+    int fc_dconv2d_forward_fused(const fc_context *ctx, const double *x, double *y, int64_t ldy,
+                                 const double *weight, const double *scale, const double *bias, const double *res,
+                                 int relu, const fc_conv2d_desc *d)
     int fc_sconv2d_backward_input(const fc_context *ctx, const float *dy, float *dx, const float *weight,
                                   const fc_conv2d_desc *d)
     int fc_dconv2d_backward_input(const fc_context *ctx, const double *dy, double *dx, const double *weight,
@@ -143,14 +144,19 @@ def conv2d_forward_path(tuple x_shape, tuple w_shape, tuple stride, tuple paddin
 
 def conv2d_forward(const real[:, :, :, ::1] x, real[:, :, :, :] y, const real[:, :, :, ::1] weight,
                    const real[::1] bias, tuple stride, tuple padding, tuple dilation, int64_t groups,
-                   const real[:, :, :, ::1] residual=None, bint relu=False):
-    """y = conv(x, weight) + bias (+ residual, y's shape; then max(., 0) when relu), y written once. Each image
-    of y must be contiguous (y may be a channel slice of a wider array); a residual needs y dense."""
+                   const real[:, :, :, ::1] residual=None, bint relu=False, const real[::1] scale=None):
+    """y = conv(x, weight) * scale + bias (+ residual, y's shape; then max(., 0) when relu), y written once.
+    Each image of y must be contiguous (y may be a channel slice of a wider array); a residual needs y dense."""
     cdef fc_conv2d_desc d = _conv_desc((x.shape[0], x.shape[1], x.shape[2], x.shape[3]),
                                        (weight.shape[0], weight.shape[1], weight.shape[2], weight.shape[3]), stride, padding, dilation,
                                        groups)
     cdef fc_context ctx = fc_context_default()
     cdef const real *pb = &bias[0] if bias is not None else NULL
+    cdef const real *ps = &scale[0] if scale is not None else NULL
+    if scale is not None and scale.shape[0] != weight.shape[0]:
+        raise ValueError("scale needs one value per output channel")
+    if bias is not None and bias.shape[0] != weight.shape[0]:
+        raise ValueError("bias needs one value per output channel")
     cdef const real *pr = NULL
     cdef int err = 0
     cdef Py_ssize_t item = sizeof(real)
@@ -176,11 +182,11 @@ def conv2d_forward(const real[:, :, :, ::1] x, real[:, :, :, :] y, const real[:,
         return
     with nogil:
         if real is float:
-            err = fc_sconv2d_forward_fused(&ctx, &x[0, 0, 0, 0], &y[0, 0, 0, 0], ldy, &weight[0, 0, 0, 0], pb,
-                                           pr, relu, &d)
+            err = fc_sconv2d_forward_fused(&ctx, &x[0, 0, 0, 0], &y[0, 0, 0, 0], ldy, &weight[0, 0, 0, 0], ps,
+                                           pb, pr, relu, &d)
         else:
-            err = fc_dconv2d_forward_fused(&ctx, &x[0, 0, 0, 0], &y[0, 0, 0, 0], ldy, &weight[0, 0, 0, 0], pb,
-                                           pr, relu, &d)
+            err = fc_dconv2d_forward_fused(&ctx, &x[0, 0, 0, 0], &y[0, 0, 0, 0], ldy, &weight[0, 0, 0, 0], ps,
+                                           pb, pr, relu, &d)
     check(err)
 
 

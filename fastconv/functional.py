@@ -142,8 +142,8 @@ def _conv_args(x, weight, bias, stride, padding, dilation, groups):
     return x, weight, bias, stride, padding, dilation, groups, (n, f, oh, ow)
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, residual=None, relu=False,
-           out=None):
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, scale=None, residual=None,
+           relu=False, out=None):
     """2-D convolution (cross-correlation, as in every framework), NCHW.
 
     Parameters
@@ -153,6 +153,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, r
     bias : (F,) or None.
     stride, padding, dilation : int or (h, w) pair; padding is zeros on both sides.
     groups : splits channels into `groups` independent convolutions (AlexNet's two towers: groups=2).
+    scale : None or (F,): each output channel of the convolution multiplied by it before the bias is added (an
+        inference batch-norm folded in without a scaled copy of the weights).
     residual : None or an array of y's shape, added to the output (a residual block's shortcut).
     relu : apply max(., 0) last (NaN stays NaN).
         Both for inference: ``conv2d(x, w, b, residual=s, relu=True)`` equals ``relu(conv2d(x, w, b) + s)`` but
@@ -179,6 +181,13 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, r
     """
     x, weight, bias, stride, padding, dilation, groups, out_shape = _conv_args(
         x, weight, bias, stride, padding, dilation, groups)
+    if scale is not None:
+        scale = _as_float_array(scale, "scale")
+        if scale.shape != (out_shape[1],):
+            raise ValueError(f"scale must have shape ({out_shape[1]},) for weight {weight.shape}, got {scale.shape}")
+        if scale.dtype != x.dtype:
+            raise TypeError(f"scale dtype {scale.dtype} differs from x dtype {x.dtype}")
+        scale = np.ascontiguousarray(scale)
     if residual is not None:
         residual = _as_float_array(residual, "residual")
         if residual.shape != out_shape:
@@ -192,7 +201,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, r
     else:
         y = _conv_out(out, out_shape, x.dtype, residual is not None)
     _C.conv2d_forward(np.ascontiguousarray(x), y, np.ascontiguousarray(weight), bias, stride, padding, dilation,
-                      groups, residual, bool(relu))
+                      groups, residual, bool(relu), scale)
     return y
 
 

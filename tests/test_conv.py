@@ -750,8 +750,8 @@ FUSED_CASES = {
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", list(FUSED_CASES))
 def test_fused_residual_and_relu(arch, nthreads, dtype, case):
-    """conv2d(..., residual=r, relu=True) == max(conv2d(...) + r, 0) on every forward path, NaN kept by the ReLU,
-    and the residual never modified."""
+    """conv2d(..., scale=s, residual=r, relu=True) == max(conv2d(...) * s + b + r, 0) on every forward path, NaN
+    kept by the ReLU, and the residual never modified."""
     x_shape, w_shape, geometry, path = FUSED_CASES[case]
     rng = np.random.default_rng(7)
     x, weight, b = make_problem(rng, x_shape, w_shape, dtype)
@@ -759,16 +759,19 @@ def test_fused_residual_and_relu(arch, nthreads, dtype, case):
     pair = lambda v: v if isinstance(v, tuple) else (v, v)
     assert _C.conv2d_forward_path(x_shape, w_shape, pair(g["stride"]), pair(g["padding"]), pair(g["dilation"]),
                                   g["groups"], np.dtype(dtype).itemsize) == path
-    plain = conv2d(x, weight, b, **geometry)
+    plain = conv2d(x, weight, None, **geometry)
     r = rng.standard_normal(plain.shape).astype(dtype)
     r.flat[5] = np.nan
     r_before = r.copy()
+    s = rng.uniform(0.5, 2, w_shape[0]).astype(dtype)
     eps = np.finfo(dtype).eps
-    for residual, relu in ((None, True), (r, False), (r, True)):
-        want = plain + (0 if residual is None else residual)
+    for scale, residual, relu in ((None, None, True), (None, r, False), (None, r, True), (s, None, False),
+                                  (s, r, True)):
+        want = plain * (1 if scale is None else scale.reshape(-1, 1, 1)) + b.reshape(-1, 1, 1)
+        want = want + (0 if residual is None else residual)
         if relu:
             want = np.where(want < 0, 0, want)
-        got = conv2d(x, weight, b, **geometry, residual=residual, relu=relu)
+        got = conv2d(x, weight, b, **geometry, scale=scale, residual=residual, relu=relu)
         assert got.dtype == dtype and got.shape == plain.shape
         np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
         ok = ~np.isnan(want)
@@ -824,6 +827,10 @@ def test_fused_residual_bad_input():
         conv2d(x, w, residual=np.zeros((1, 6, 3, 3)))
     with pytest.raises(TypeError, match=r"residual must be float32 or float64, got dtype int64"):
         conv2d(x, w, residual=np.zeros((1, 6, 3, 3), np.int64))
+    with pytest.raises(ValueError, match=r"scale must have shape \(6,\) for weight \(6, 4, 3, 3\), got \(4,\)"):
+        conv2d(x, w, scale=np.ones(4, np.float32))
+    with pytest.raises(TypeError, match=r"scale dtype float64 differs from x dtype float32"):
+        conv2d(x, w, scale=np.ones(6))
 
 
 # ---------------------------------------------------------------------------------------------------- 6. bad input

@@ -74,12 +74,20 @@ UKR_DEFINE(4)
 
 /* The convolution's epilogue on a tile just written (dispatch.h): plain loops the compiler vectorizes with this
  * file's ISA flags. relu keeps NaN (v < 0 is false for it), as max(x, 0) does in NumPy and PyTorch. */
-void UKR_NAME(epilogue)(int64_t rows, int64_t cols, T *FC_RESTRICT c, int64_t rs_c, const T *bias,
-                        const T *FC_RESTRICT add, int64_t rs_add, int relu) {
+void UKR_NAME(epilogue)(int64_t rows, int64_t cols, T *FC_RESTRICT c, int64_t rs_c, const T *scale,
+                        const T *bias, const T *FC_RESTRICT add, int64_t rs_add, int relu) {
     for (int64_t i = 0; i < rows; i++) {
         T *FC_RESTRICT ci = c + i * rs_c;
         const T b = bias ? bias[i] : (T)0;
-        if (add) {
+        if (scale) { /* a batch-norm folded into the output rather than into a copy of the weights */
+            const T s = scale[i];
+            const T *FC_RESTRICT ai = add ? add + i * rs_add : NULL;
+            for (int64_t j = 0; j < cols; j++) {
+                T v = ci[j] * s + b;
+                if (ai) v += ai[j];
+                ci[j] = relu && v < (T)0 ? (T)0 : v;
+            }
+        } else if (add) {
             const T *FC_RESTRICT ai = add + i * rs_add;
             if (relu)
                 for (int64_t j = 0; j < cols; j++) {

@@ -85,10 +85,11 @@ int fc_conv2d_use_winograd_weight_grad(const fc_conv2d_desc *d);
 /* Called by fc_Xconv2d_forward when fc_conv2d_use_winograd(d); d already prepared. Workspace: the transformed
  * weights (16 x f x c/groups) and per thread 16 x (c/groups + f/groups) x FC_WINOGRAD_BLOCK elements. */
 int fc_sconv2d_forward_winograd(const fc_context *ctx, const float *x, float *y, int64_t ldy, const float *weight,
-                                const float *bias, const float *res, int relu, const fc_conv2d_desc *d);
-int fc_dconv2d_forward_winograd(const fc_context *ctx, const double *x, double *y, int64_t ldy,
-                                const double *weight, const double *bias, const double *res, int relu,
+                                const float *scale, const float *bias, const float *res, int relu,
                                 const fc_conv2d_desc *d);
+int fc_dconv2d_forward_winograd(const fc_context *ctx, const double *x, double *y, int64_t ldy,
+                                const double *weight, const double *scale, const double *bias, const double *res,
+                                int relu, const fc_conv2d_desc *d);
 /* The weight gradient of such a layer (dweight only). Workspace per thread: 16 x (f + c)/groups x up to kc tiles
  * for the transforms, and 16 x f x c/groups for its sums. */
 int fc_sconv2d_backward_weight_winograd(const fc_context *ctx, const float *x, const float *dy, float *dweight,
@@ -115,14 +116,17 @@ int fc_sconv2d_forward(const fc_context *ctx, const float *x, float *y, const fl
                        const fc_conv2d_desc *d);
 int fc_dconv2d_forward(const fc_context *ctx, const double *x, double *y, const double *weight,
                        const double *bias, const fc_conv2d_desc *d);
-/* The forward with the next layers of an inference fused in: y = relu?(conv(x) + bias + res), res (NULL for none)
- * laid out as y (a residual block's shortcut), relu clamping at 0 with NaN kept. Each output is written once, in
+/* The forward with the next layers of an inference fused in: y = relu?(conv(x) * scale + bias + res), scale and
+ * bias per output channel (a batch-norm folded in without copying the weights; NULL: 1 and 0), res (NULL for
+ * none) laid out as y (a residual block's shortcut), relu clamping at 0 with NaN kept. Each output is written once, in
  * the GEMM's or the Winograd output transform's tile while it is in cache. Image i of y starts at y + i * ldy
  * (0: f * oh * ow, dense; larger: y is a channel slice of a wider array, an inception block's concatenation). */
 int fc_sconv2d_forward_fused(const fc_context *ctx, const float *x, float *y, int64_t ldy, const float *weight,
-                             const float *bias, const float *res, int relu, const fc_conv2d_desc *d);
+                             const float *scale, const float *bias, const float *res, int relu,
+                             const fc_conv2d_desc *d);
 int fc_dconv2d_forward_fused(const fc_context *ctx, const double *x, double *y, int64_t ldy, const double *weight,
-                             const double *bias, const double *res, int relu, const fc_conv2d_desc *d);
+                             const double *scale, const double *bias, const double *res, int relu,
+                             const fc_conv2d_desc *d);
 
 /* dx from dy and the weights (x not needed). Workspace: the col2im tile, or for the flipped method one
  * rearranged copy of the weights. */

@@ -48,10 +48,11 @@ typedef void (*fc_dwino_output_ukr)(int64_t cnt, const double *FC_RESTRICT m, in
 
 /* The epilogue of a tile of C the micro-kernel wrote (gemm.h's fc_Xgemm_epilogue, rows x cols at c): compiled
  * with the ISA's flags so it runs at vector width. bias and add may be NULL. */
-typedef void (*fc_sepilogue_ukr)(int64_t rows, int64_t cols, float *FC_RESTRICT c, int64_t rs_c, const float *bias,
-                                 const float *FC_RESTRICT add, int64_t rs_add, int relu);
+typedef void (*fc_sepilogue_ukr)(int64_t rows, int64_t cols, float *FC_RESTRICT c, int64_t rs_c, const float *scale,
+                                 const float *bias, const float *FC_RESTRICT add, int64_t rs_add, int relu);
 typedef void (*fc_depilogue_ukr)(int64_t rows, int64_t cols, double *FC_RESTRICT c, int64_t rs_c,
-                                 const double *bias, const double *FC_RESTRICT add, int64_t rs_add, int relu);
+                                 const double *scale, const double *bias, const double *FC_RESTRICT add,
+                                 int64_t rs_add, int relu);
 
 typedef struct fc_sgemm_kernel {
     int mr, vl, nv;     /* tile: mr rows x (nv * vl) columns */

@@ -63,16 +63,18 @@ int fc_dgemm_b_packed(const fc_context *ctx, int64_t m, int64_t n, int64_t k, do
                       int64_t rs_c, int64_t cs_c);
 
 /* What the convolution's forward does to C after the product, tile by tile while the tile is still in L1 (so the
- * output is written once instead of once per elementwise pass): C[i][j] += bias[i] (bias may be NULL), then
- * C[i][j] += add[i * rs_add + j] (add may be NULL), then, when relu, max(C, 0) with NaN kept. Row and column
- * indices are those of the whole C given to the call. Requires cs_c == 1. */
+ * output is written once instead of once per elementwise pass): C[i][j] = C[i][j] * scale[i] + bias[i] (either
+ * may be NULL: 1, 0), then C[i][j] += add[i * rs_add + j] (add may be NULL), then, when relu, max(C, 0) with NaN
+ * kept. Row and column indices are those of the whole C given to the call. Requires cs_c == 1. */
 typedef struct fc_sgemm_epilogue {
+    const float *scale;
     const float *bias;
     const float *add;
     int64_t rs_add;
     int relu;
 } fc_sgemm_epilogue;
 typedef struct fc_dgemm_epilogue {
+    const double *scale;
     const double *bias;
     const double *add;
     int64_t rs_add;
