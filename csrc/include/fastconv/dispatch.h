@@ -46,6 +46,14 @@ typedef void (*fc_swino_output_ukr)(int64_t cnt, const float *FC_RESTRICT m, int
 typedef void (*fc_dwino_output_ukr)(int64_t cnt, const double *FC_RESTRICT m, int64_t xi_stride, double b,
                                     double *FC_RESTRICT out, int64_t ldo);
 
+/* Values-only max pooling of `planes` consecutive NCHW planes (arch/pool_template.h); work holds the elements
+ * fc_max_pool2d_values_layout (fastconv/pool.h) gives for d. */
+struct fc_pool2d_desc;
+typedef void (*fc_smax_pool_values_ukr)(int64_t planes, const float *FC_RESTRICT x, float *FC_RESTRICT y,
+                                        const struct fc_pool2d_desc *d, float *FC_RESTRICT work);
+typedef void (*fc_dmax_pool_values_ukr)(int64_t planes, const double *FC_RESTRICT x, double *FC_RESTRICT y,
+                                        const struct fc_pool2d_desc *d, double *FC_RESTRICT work);
+
 typedef struct fc_sgemm_kernel {
     int mr, vl, nv;     /* tile: mr rows x (nv * vl) columns */
     int mc, kc, nc;     /* cache blocking: A block mc x kc (L2), B panel kc x nc (L3), B micro-panel in L1 */
@@ -58,6 +66,7 @@ typedef struct fc_sgemm_kernel {
     fc_swino_weights_ukr winograd_weights;
     fc_swino_grad_ukr winograd_grad;
     fc_swino_output_ukr winograd_output;
+    fc_smax_pool_values_ukr max_pool_values;
 } fc_sgemm_kernel;
 
 typedef struct fc_dgemm_kernel {
@@ -71,6 +80,7 @@ typedef struct fc_dgemm_kernel {
     fc_dwino_weights_ukr winograd_weights;
     fc_dwino_grad_ukr winograd_grad;
     fc_dwino_output_ukr winograd_output;
+    fc_dmax_pool_values_ukr max_pool_values;
 } fc_dgemm_kernel;
 
 typedef struct fc_arch {
