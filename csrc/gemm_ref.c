@@ -2,6 +2,7 @@
 #include "fastconv/dispatch.h"
 #include "fastconv/gemm.h"
 
+#include <math.h>
 #include <string.h>
 
 #define FC_DEFINE_NAIVE(T, PFX)                                                                                  \
@@ -109,16 +110,16 @@ static inline void store_vs(float *p, fc_pool_vs v) { memcpy(p, &v, sizeof v); }
 static inline void store_vd(double *p, fc_pool_vd v) { memcpy(p, &v, sizeof v); }
 static inline void store_first_vs(float *p, fc_pool_vs v, int64_t n) { memcpy(p, &v, (size_t)n * sizeof(float)); }
 static inline void store_first_vd(double *p, fc_pool_vd v, int64_t n) { memcpy(p, &v, (size_t)n * sizeof(double)); }
-/* The first n lanes, the others zero. */
-static inline fc_pool_vs load_first_vs(const float *p, int64_t n) {
-    fc_pool_vs v = {0};
-    memcpy(&v, p, (size_t)n * sizeof(float));
-    return v;
+/* Lanes [lead, lead + n) from p[0], ..., p[n - 1], the others -inf. */
+static inline fc_pool_vs load_lanes_vs(const float *p, int64_t lead, int64_t n) {
+    float t[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    memcpy(t + lead, p, (size_t)n * sizeof(float));
+    return load_vs(t);
 }
-static inline fc_pool_vd load_first_vd(const double *p, int64_t n) {
-    fc_pool_vd v = {0};
-    memcpy(&v, p, (size_t)n * sizeof(double));
-    return v;
+static inline fc_pool_vd load_lanes_vd(const double *p, int64_t lead, int64_t n) {
+    double t[2] = {-INFINITY, -INFINITY};
+    memcpy(t + lead, p, (size_t)n * sizeof(double));
+    return load_vd(t);
 }
 
 #define T float
@@ -130,7 +131,7 @@ static inline fc_pool_vd load_first_vd(const double *p, int64_t n) {
 #define VMAXN(m, v) maxn_vs(m, v)
 #define VEVEN(a, b) FC_POOL_SHUFFLE(a, b, fc_pool_vs_mask, 0, 2, 4, 6)
 #define VODD(a, b) FC_POOL_SHUFFLE(a, b, fc_pool_vs_mask, 1, 3, 5, 7)
-#define VLOADN(p, n) load_first_vs(p, n)
+#define VLOADX(p, lead, n) load_lanes_vs(p, lead, n)
 #define VSTOREN(p, v, n) store_first_vs(p, v, n)
 #define POOL_NAME fc_smax_pool_values_ref
 #include "arch/pool_template.h"
@@ -145,7 +146,7 @@ static inline fc_pool_vd load_first_vd(const double *p, int64_t n) {
 #define VMAXN(m, v) maxn_vd(m, v)
 #define VEVEN(a, b) FC_POOL_SHUFFLE(a, b, fc_pool_vd_mask, 0, 2)
 #define VODD(a, b) FC_POOL_SHUFFLE(a, b, fc_pool_vd_mask, 1, 3)
-#define VLOADN(p, n) load_first_vd(p, n)
+#define VLOADX(p, lead, n) load_lanes_vd(p, lead, n)
 #define VSTOREN(p, v, n) store_first_vd(p, v, n)
 #define POOL_NAME fc_dmax_pool_values_ref
 #include "arch/pool_template.h"

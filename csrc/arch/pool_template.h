@@ -6,16 +6,20 @@
  *                       (v > m) | (v != v) ? v : m lane by lane, so a NaN wins and a later NaN wins over an earlier
  *                       one, and ties keep m (the earlier element)
  *   VEVEN(a, b) VODD(a, b)  the even / odd lanes of the 2 VL values a, b (a first)
- *   VLOADN(p, n) VSTOREN(p, v, n)  the first n < VL lanes (a load fills the others with anything finite or not;
- *                       they never reach the output)
+ *   VLOADX(p, lead, n)  lanes [lead, lead + n) from p[0], ..., p[n - 1] (nothing else read), the others -inf;
+ *                       n >= 1, lead + n <= VL
+ *   VSTOREN(p, v, n)    store the first n < VL lanes
  *   POOL_NAME           the kernel's name
  *
  * Separable: the maximum over a kh x kw window is the maximum over its kh rows of the maxima over its kw columns.
- * Each input row in reach is copied once into a row buffer with -inf on both sides (the left padding, and the right
- * padding or ceil_mode overhang), from which the horizontal maxima at the output stride fill one row of a ring of kh
- * rows; each output row is then the vertical maximum of its in-range ring rows (rows outside the input are simply
- * not taken: no vertical padding is staged). kw - 1 + kh - 1 max operations per output instead of kh kw - 1, and
- * every input row is read once from memory whatever the vertical stride.
+ * The horizontal maxima of each input row in reach, at the output stride, fill one row of a ring of kh rows; each
+ * output row is then the vertical maximum of its in-range ring rows. kw - 1 + kh - 1 max operations per output
+ * instead of kh kw - 1, and every input row is read from memory once whatever the vertical stride.
+ * Nothing is staged: the taps are loaded straight from the input row, the vectors that reach past either end of it
+ * (the padding, a ceil_mode window hanging past the edge, the lanes past Wo) by a load of only the lanes inside
+ * with -inf in the others; rows outside the input are simply not taken. (A -inf padded copy of each row, read back
+ * by shifted loads, was 2x slower on small planes: loads that straddle the copy's just-written stores cannot be
+ * forwarded and wait for the stores to retire, once per row.)
  *
  * Taking the rows in order and, within a row, the columns in order visits the window's elements in an order that
  * agrees with the row-major one on what matters to the values: the first of tied values and the last NaN of the
@@ -24,8 +28,9 @@
  * max_pool2d's argmax path.
  *
  * Horizontal strides: 1 (taps are shifted loads), 2 (two loads per pair of taps, split into their even and odd
- * lanes), any other in scalar code. Ring rows hold whole vectors (ldh = Wo rounded up to FC_POOL_LANES), so the
- * vertical pass has no remainder loop, only a partial store at the end of each output row. */
+ * lanes), any other in scalar code. Ring rows hold whole vectors (ldh = Wo rounded up to FC_POOL_LANES; the
+ * horizontal pass fills them up to nv = Wo rounded up to VL, the columns past Wo with whatever the loads gave), so
+ * the vertical pass has no remainder loop, only a partial store at the end of each output row. */
 
 #include <math.h>
 
@@ -36,26 +41,39 @@
 #define PT_HELPER(x) PT_CAT(POOL_NAME, PT_CAT(_, x))
 #define PT_INLINE static inline __attribute__((always_inline))
 
-/* out[o] = max_j<kw buf[o + j] for o < n (n a multiple of VL). */
-PT_INLINE void PT_HELPER(row_s1)(const T *FC_RESTRICT buf, T *FC_RESTRICT out, int64_t n, int64_t kw) {
+/* The vector xr[e], ..., xr[e + VL - 1] of an input row of W values, -inf where the index is outside [0, W). */
+PT_INLINE VEC PT_HELPER(load)(const T *FC_RESTRICT xr, int64_t W, int64_t e, VEC ninf) {
+    if (e >= 0 && e + VL <= W) return VLOADU(xr + e);
+    const int64_t lead = e < 0 ? -e : 0, start = e < 0 ? 0 : e;
+    int64_t n = W - start;
+    if (n > VL - lead) n = VL - lead;
+    if (n <= 0) return ninf;
+    return VLOADX(xr + start, lead, n);
+}
+
+/* out[o] = max_j<kw xr[o - pw + j] for o < n (n a multiple of VL). */
+PT_INLINE void PT_HELPER(row_s1)(const T *FC_RESTRICT xr, int64_t W, int64_t pw, T *FC_RESTRICT out, int64_t n,
+                                 int64_t kw, VEC ninf) {
     for (int64_t o = 0; o < n; o += VL) {
-        VEC m = VLOADU(buf + o);
-        for (int64_t j = 1; j < kw; j++) m = VMAXN(m, VLOADU(buf + o + j));
+        const int64_t e = o - pw;
+        VEC m = PT_HELPER(load)(xr, W, e, ninf);
+        for (int64_t j = 1; j < kw; j++) m = VMAXN(m, PT_HELPER(load)(xr, W, e + j, ninf));
         VSTOREU(out + o, m);
     }
 }
 
-/* out[o] = max_j<kw buf[2 o + j] for o < n (n a multiple of VL): taps j and j + 1 are the even and odd lanes of
- * the same two loads. */
-PT_INLINE void PT_HELPER(row_s2)(const T *FC_RESTRICT buf, T *FC_RESTRICT out, int64_t n, int64_t kw) {
+/* out[o] = max_j<kw xr[2 o - pw + j] for o < n (n a multiple of VL): taps j and j + 1 are the even and odd lanes
+ * of the same two loads. */
+PT_INLINE void PT_HELPER(row_s2)(const T *FC_RESTRICT xr, int64_t W, int64_t pw, T *FC_RESTRICT out, int64_t n,
+                                 int64_t kw, VEC ninf) {
     for (int64_t o = 0; o < n; o += VL) {
-        const T *p = buf + 2 * o;
-        VEC a = VLOADU(p), b = VLOADU(p + VL);
+        const int64_t e = 2 * o - pw;
+        VEC a = PT_HELPER(load)(xr, W, e, ninf), b = PT_HELPER(load)(xr, W, e + VL, ninf);
         VEC m = VEVEN(a, b);
         if (kw > 1) m = VMAXN(m, VODD(a, b));
         for (int64_t j = 2; j < kw; j += 2) {
-            a = VLOADU(p + j);
-            b = VLOADU(p + j + VL);
+            a = PT_HELPER(load)(xr, W, e + j, ninf);
+            b = PT_HELPER(load)(xr, W, e + j + VL, ninf);
             m = VMAXN(m, VEVEN(a, b));
             if (j + 1 < kw) m = VMAXN(m, VODD(a, b));
         }
@@ -63,88 +81,69 @@ PT_INLINE void PT_HELPER(row_s2)(const T *FC_RESTRICT buf, T *FC_RESTRICT out, i
     }
 }
 
-/* Any stride, one output at a time. */
-static void PT_HELPER(row_any)(const T *FC_RESTRICT buf, T *FC_RESTRICT out, int64_t n, int64_t kw, int64_t sw) {
+/* Any stride, one output at a time over the window clipped to the row (never empty: every window overlaps the
+ * input). */
+static void PT_HELPER(row_any)(const T *FC_RESTRICT xr, int64_t W, int64_t pw, T *FC_RESTRICT out, int64_t n,
+                               int64_t kw, int64_t sw) {
     for (int64_t o = 0; o < n; o++) {
-        const T *p = buf + o * sw;
-        T m = p[0];
-        for (int64_t j = 1; j < kw; j++) {
-            const T v = p[j];
+        const int64_t ws = o * sw - pw;
+        const int64_t w0 = ws > 0 ? ws : 0, w1 = ws + kw < W ? ws + kw : W;
+        T m = xr[w0];
+        for (int64_t w = w0 + 1; w < w1; w++) {
+            const T v = xr[w];
             m = (v > m) | (v != v) ? v : m;
         }
         out[o] = m;
     }
 }
 
-/* The horizontal maxima of the padded row buf into out: ldh values at stride 1 and 2 (those past Wo come from the
- * -inf tail of buf), Wo otherwise (the rest of the ring row keeps its -inf). The kernels of CNNs get their own
- * copies with kw known. */
-static void PT_HELPER(row)(const T *FC_RESTRICT buf, T *FC_RESTRICT out, int64_t wo, int64_t ldh, int64_t kw,
-                           int64_t sw) {
-    if (sw == 1) {
-        if (kw == 3)
-            PT_HELPER(row_s1)(buf, out, ldh, 3);
-        else if (kw == 2)
-            PT_HELPER(row_s1)(buf, out, ldh, 2);
-        else
-            PT_HELPER(row_s1)(buf, out, ldh, kw);
-    } else if (sw == 2) {
-        if (kw == 3)
-            PT_HELPER(row_s2)(buf, out, ldh, 3);
-        else if (kw == 2)
-            PT_HELPER(row_s2)(buf, out, ldh, 2);
-        else
-            PT_HELPER(row_s2)(buf, out, ldh, kw);
-    } else {
-        PT_HELPER(row_any)(buf, out, wo, kw, sw);
-    }
-}
-
-/* dst[c] = src[c] for c < n, by vectors. */
-PT_INLINE void PT_HELPER(copy)(T *FC_RESTRICT dst, const T *FC_RESTRICT src, int64_t n) {
-    int64_t c = 0;
-    for (; c + VL <= n; c += VL) VSTOREU(dst + c, VLOADU(src + c));
-    if (c < n) VSTOREN(dst + c, VLOADN(src + c, n - c), n - c);
-}
-
-void POOL_NAME(int64_t planes, const T *FC_RESTRICT x, T *FC_RESTRICT y, const fc_pool2d_desc *d,
-               T *FC_RESTRICT work) {
+/* Planes [0, planes) with the horizontal kernel width and stride KW, SW, compile-time constants at the calls of
+ * the common kernels. */
+PT_INLINE void PT_HELPER(planes)(int64_t planes, const T *FC_RESTRICT x, T *FC_RESTRICT y, const fc_pool2d_desc *d,
+                                 T *FC_RESTRICT ring, const int64_t KW, const int64_t SW) {
     const int64_t H = d->in_h, W = d->in_w, Ho = d->out_h, Wo = d->out_w;
-    const int64_t kh = d->kernel_h, kw = d->kernel_w, sh = d->stride_h, sw = d->stride_w;
-    const int64_t ph = d->pad_h, pw = d->pad_w;
-    int64_t ldh = 0, rb = 0, total = 0;
-    fc_max_pool2d_values_layout(d, &ldh, &rb, &total); /* the caller checked it for overflow */
-    T *ring = work, *buf = work + kh * ldh;
-    /* buf's columns [pw, pw + ncopy) take each input row; the rest, like the ring's columns past Wo that the
-     * scalar row path leaves alone, stay -inf. Columns past the last window's reach are never read for an output
-     * that is kept. */
-    const int64_t wp = (Wo - 1) * sw + kw, ncopy = W < wp - pw ? W : wp - pw;
+    const int64_t kh = d->kernel_h, sh = d->stride_h, ph = d->pad_h, pw = d->pad_w;
+    int64_t ldh = 0, total = 0;
+    fc_max_pool2d_values_layout(d, &ldh, &total); /* the caller checked it for overflow */
+    const int64_t nv = (Wo + VL - 1) / VL * VL;   /* the ring columns the vertical pass reads */
     const VEC ninf = VSET1(-INFINITY);
-    for (int64_t i = 0; i + VL <= total; i += VL) VSTOREU(work + i, ninf);
-    for (int64_t i = total / VL * VL; i < total; i++) work[i] = -INFINITY;
+    if (SW > 2) /* the scalar row path writes Wo values: the ring's columns up to nv must hold something defined */
+        for (int64_t i = 0; i < total; i++) ring[i] = -INFINITY;
 
     for (int64_t pl = 0; pl < planes; pl++) {
         const T *xp = x + pl * H * W;
         T *yp = y + pl * Ho * Wo;
-        int64_t next = 0; /* input rows below `next` have had their horizontal maxima computed */
+        /* Input rows below `next` have their horizontal maxima in the ring, row `next` goes to slot `slot`: rows
+         * take the slots in turn, so a window's kh or fewer consecutive rows are in distinct slots, in order from
+         * its first row's slot on (tracked without a division per row). */
+        int64_t next = 0, slot = 0;
         for (int64_t oy = 0; oy < Ho; oy++) {
             const int64_t hs = oy * sh - ph;
             const int64_t h0 = hs > 0 ? hs : 0, h1 = hs + kh < H ? hs + kh : H;
-            /* Rows [h0, h1) are in the ring at h % kh: the rows computed so far are below h1 <= h0 + kh, so none
-             * of them has overwritten another of the window. */
-            for (int64_t h = next > h0 ? next : h0; h < h1; h++) {
-                PT_HELPER(copy)(buf + pw, xp + h * W, ncopy);
-                PT_HELPER(row)(buf, ring + (h % kh) * ldh, Wo, ldh, kw, sw);
+            if (next < h0) { /* stride above the kernel: the rows between windows are never read */
+                slot = (slot + (h0 - next)) % kh;
+                next = h0;
             }
-            next = h1;
-            const int64_t first = h0 % kh;
+            for (; next < h1; next++) {
+                const T *xr = xp + next * W;
+                T *out = ring + slot * ldh;
+                if (SW == 1)
+                    PT_HELPER(row_s1)(xr, W, pw, out, nv, KW, ninf);
+                else if (SW == 2)
+                    PT_HELPER(row_s2)(xr, W, pw, out, nv, KW, ninf);
+                else
+                    PT_HELPER(row_any)(xr, W, pw, out, Wo, KW, SW);
+                slot = slot + 1 == kh ? 0 : slot + 1;
+            }
+            int64_t first = slot - (h1 - h0); /* the window's h1 - h0 <= kh rows end just before `slot` */
+            if (first < 0) first += kh;
             T *yr = yp + oy * Wo;
             for (int64_t o = 0; o < Wo; o += VL) {
                 VEC m = VLOADU(ring + first * ldh + o);
-                int64_t slot = first;
+                int64_t s = first;
                 for (int64_t h = h0 + 1; h < h1; h++) {
-                    slot = slot + 1 == kh ? 0 : slot + 1;
-                    m = VMAXN(m, VLOADU(ring + slot * ldh + o));
+                    s = s + 1 == kh ? 0 : s + 1;
+                    m = VMAXN(m, VLOADU(ring + s * ldh + o));
                 }
                 if (o + VL <= Wo)
                     VSTOREU(yr + o, m);
@@ -153,6 +152,23 @@ void POOL_NAME(int64_t planes, const T *FC_RESTRICT x, T *FC_RESTRICT y, const f
             }
         }
     }
+}
+
+void POOL_NAME(int64_t planes, const T *FC_RESTRICT x, T *FC_RESTRICT y, const fc_pool2d_desc *d,
+               T *FC_RESTRICT work) {
+    const int64_t kw = d->kernel_w, sw = d->stride_w;
+    if (kw == 3 && sw == 1)
+        PT_HELPER(planes)(planes, x, y, d, work, 3, 1);
+    else if (kw == 3 && sw == 2)
+        PT_HELPER(planes)(planes, x, y, d, work, 3, 2);
+    else if (kw == 2 && sw == 2)
+        PT_HELPER(planes)(planes, x, y, d, work, 2, 2);
+    else if (sw == 1)
+        PT_HELPER(planes)(planes, x, y, d, work, kw, 1);
+    else if (sw == 2)
+        PT_HELPER(planes)(planes, x, y, d, work, kw, 2);
+    else
+        PT_HELPER(planes)(planes, x, y, d, work, kw, sw);
 }
 
 #undef PT_INLINE

@@ -22,6 +22,6 @@
 #undef VMAXN
 #undef VEVEN
 #undef VODD
-#undef VLOADN
+#undef VLOADX
 #undef VSTOREN
 #undef POOL_NAME

@@ -38,22 +38,17 @@ int fc_pool2d_output_size(int64_t in, int64_t kernel, int64_t stride, int64_t pa
 /* FC_OK when every field is valid and consistent, FC_ERR_OVERFLOW when a tensor size overflows int64. */
 int fc_pool2d_check(const fc_pool2d_desc *d);
 
-/* The per-thread workspace of the values-only max-pool kernels (arch/pool_template.h), in elements:
- *   ring  kh rows of ldh = out_w rounded up to FC_POOL_LANES: the horizontal maxima of the input rows in reach
- *   row   rb elements: one input row with -inf on both sides, readable by whole vectors of up to FC_POOL_LANES
- *         lanes past the last output (stride 1 and 2 read 2 vectors per tap pair: sw * ldh + kw + 2 lanes).
- * FC_OK, or FC_ERR_OVERFLOW when a size overflows int64 (d is otherwise assumed valid). */
+/* The per-thread workspace of the values-only max-pool kernels (arch/pool_template.h): a ring of kh rows of
+ * ldh = out_w rounded up to FC_POOL_LANES (every arch's vector length divides it) holding the horizontal maxima of
+ * the input rows in reach; total = kh * ldh elements. FC_OK, or FC_ERR_OVERFLOW when a size overflows int64 (d is
+ * otherwise assumed valid). */
 #define FC_POOL_LANES 16
-static inline int fc_max_pool2d_values_layout(const fc_pool2d_desc *d, int64_t *ldh, int64_t *rb, int64_t *total) {
-    int64_t l, span, ring;
+static inline int fc_max_pool2d_values_layout(const fc_pool2d_desc *d, int64_t *ldh, int64_t *total) {
+    int64_t l;
     if (fc_add_overflow(d->out_w, FC_POOL_LANES - 1, &l)) return FC_ERR_OVERFLOW;
     l = l / FC_POOL_LANES * FC_POOL_LANES;
-    if (fc_mul_overflow(d->stride_w <= 2 ? l : d->out_w - 1, d->stride_w, &span) ||
-        fc_add_overflow(span, d->kernel_w, &span) || fc_add_overflow(span, 2 * FC_POOL_LANES, &span) ||
-        fc_mul_overflow(d->kernel_h, l, &ring) || fc_add_overflow(ring, span, total))
-        return FC_ERR_OVERFLOW;
+    if (fc_mul_overflow(d->kernel_h, l, total)) return FC_ERR_OVERFLOW;
     *ldh = l;
-    *rb = span;
     return FC_OK;
 }
 
