@@ -110,15 +110,18 @@ static inline void store_vs(float *p, fc_pool_vs v) { memcpy(p, &v, sizeof v); }
 static inline void store_vd(double *p, fc_pool_vd v) { memcpy(p, &v, sizeof v); }
 static inline void store_first_vs(float *p, fc_pool_vs v, int64_t n) { memcpy(p, &v, (size_t)n * sizeof(float)); }
 static inline void store_first_vd(double *p, fc_pool_vd v, int64_t n) { memcpy(p, &v, (size_t)n * sizeof(double)); }
-/* Lanes [lead, lead + n) from p[0], ..., p[n - 1], the others -inf. */
-static inline fc_pool_vs load_lanes_vs(const float *p, int64_t lead, int64_t n) {
+/* A set of lanes [lo, hi), and the vector of xr[e + i] for its lanes i, -inf in the others. */
+typedef struct fc_pool_lanes {
+    int64_t lo, hi;
+} fc_pool_lanes;
+static inline fc_pool_vs load_lanes_vs(const float *xr, int64_t e, fc_pool_lanes k) {
     float t[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
-    memcpy(t + lead, p, (size_t)n * sizeof(float));
+    if (k.hi > k.lo) memcpy(t + k.lo, xr + e + k.lo, (size_t)(k.hi - k.lo) * sizeof(float));
     return load_vs(t);
 }
-static inline fc_pool_vd load_lanes_vd(const double *p, int64_t lead, int64_t n) {
+static inline fc_pool_vd load_lanes_vd(const double *xr, int64_t e, fc_pool_lanes k) {
     double t[2] = {-INFINITY, -INFINITY};
-    memcpy(t + lead, p, (size_t)n * sizeof(double));
+    if (k.hi > k.lo) memcpy(t + k.lo, xr + e + k.lo, (size_t)(k.hi - k.lo) * sizeof(double));
     return load_vd(t);
 }
 
@@ -131,7 +134,9 @@ static inline fc_pool_vd load_lanes_vd(const double *p, int64_t lead, int64_t n)
 #define VMAXN(m, v) maxn_vs(m, v)
 #define VEVEN(a, b) FC_POOL_SHUFFLE(a, b, fc_pool_vs_mask, 0, 2, 4, 6)
 #define VODD(a, b) FC_POOL_SHUFFLE(a, b, fc_pool_vs_mask, 1, 3, 5, 7)
-#define VLOADX(p, lead, n) load_lanes_vs(p, lead, n)
+#define VMASK_T fc_pool_lanes
+#define VMASK(lo, hi) ((fc_pool_lanes){lo, hi})
+#define VLOADM(xr, e, k) load_lanes_vs(xr, e, k)
 #define VSTOREN(p, v, n) store_first_vs(p, v, n)
 #define POOL_NAME fc_smax_pool_values_ref
 #include "arch/pool_template.h"
@@ -146,7 +151,9 @@ static inline fc_pool_vd load_lanes_vd(const double *p, int64_t lead, int64_t n)
 #define VMAXN(m, v) maxn_vd(m, v)
 #define VEVEN(a, b) FC_POOL_SHUFFLE(a, b, fc_pool_vd_mask, 0, 2)
 #define VODD(a, b) FC_POOL_SHUFFLE(a, b, fc_pool_vd_mask, 1, 3)
-#define VLOADX(p, lead, n) load_lanes_vd(p, lead, n)
+#define VMASK_T fc_pool_lanes
+#define VMASK(lo, hi) ((fc_pool_lanes){lo, hi})
+#define VLOADM(xr, e, k) load_lanes_vd(xr, e, k)
 #define VSTOREN(p, v, n) store_first_vd(p, v, n)
 #define POOL_NAME fc_dmax_pool_values_ref
 #include "arch/pool_template.h"

@@ -22,6 +22,8 @@
 #undef VMAXN
 #undef VEVEN
 #undef VODD
-#undef VLOADX
+#undef VMASK_T
+#undef VMASK
+#undef VLOADM
 #undef VSTOREN
 #undef POOL_NAME

@@ -48,20 +48,12 @@ static inline __m256i first_lanes_32(int64_t n) {
 static inline __m256i first_lanes_64(int64_t n) {
     return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
 }
-/* Lanes [lead, lead + n) from p[0], ..., p[n - 1] (a masked load, then the lanes moved up), the others -inf. */
-static inline __m256 load_lanes_ps(const float *p, int64_t lead, int64_t n) {
-    const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256 v = _mm256_permutevar8x32_ps(_mm256_maskload_ps(p, first_lanes_32(n)),
-                                              _mm256_sub_epi32(iota, _mm256_set1_epi32((int)lead)));
-    const __m256i keep = _mm256_andnot_si256(first_lanes_32(lead), first_lanes_32(lead + n));
-    return _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), v, _mm256_castsi256_ps(keep));
+/* The lanes of k from p (a masked load: the others are not accessed), -inf in the others. */
+static inline __m256 load_masked_ps(const float *p, __m256i k) {
+    return _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), _mm256_maskload_ps(p, k), _mm256_castsi256_ps(k));
 }
-static inline __m256d load_lanes_pd(const double *p, int64_t lead, int64_t n) {
-    const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); /* the 32-bit halves of the doubles */
-    const __m256 v = _mm256_permutevar8x32_ps(_mm256_castpd_ps(_mm256_maskload_pd(p, first_lanes_64(n))),
-                                              _mm256_sub_epi32(iota, _mm256_set1_epi32((int)(2 * lead))));
-    const __m256i keep = _mm256_andnot_si256(first_lanes_64(lead), first_lanes_64(lead + n));
-    return _mm256_blendv_pd(_mm256_set1_pd(-INFINITY), _mm256_castps_pd(v), _mm256_castsi256_pd(keep));
+static inline __m256d load_masked_pd(const double *p, __m256i k) {
+    return _mm256_blendv_pd(_mm256_set1_pd(-INFINITY), _mm256_maskload_pd(p, k), _mm256_castsi256_pd(k));
 }
 
 #define T float
@@ -94,7 +86,9 @@ static inline __m256d load_lanes_pd(const double *p, int64_t lead, int64_t n) {
 #define VMAXN(m, v) maxn_ps(m, v)
 #define VEVEN(a, b) even_ps(a, b)
 #define VODD(a, b) odd_ps(a, b)
-#define VLOADX(p, lead, n) load_lanes_ps(p, lead, n)
+#define VMASK_T __m256i
+#define VMASK(lo, hi) _mm256_andnot_si256(first_lanes_32(lo), first_lanes_32(hi))
+#define VLOADM(xr, e, k) load_masked_ps(PT_ADDR(xr, e), k)
 #define VSTOREN(p, v, n) _mm256_maskstore_ps(p, first_lanes_32(n), v)
 #define POOL_NAME fc_smax_pool_values_avx2
 #include "../pool_template.h"
@@ -125,7 +119,9 @@ static inline __m256d load_lanes_pd(const double *p, int64_t lead, int64_t n) {
 #define VMAXN(m, v) maxn_pd(m, v)
 #define VEVEN(a, b) even_pd(a, b)
 #define VODD(a, b) odd_pd(a, b)
-#define VLOADX(p, lead, n) load_lanes_pd(p, lead, n)
+#define VMASK_T __m256i
+#define VMASK(lo, hi) _mm256_andnot_si256(first_lanes_64(lo), first_lanes_64(hi))
+#define VLOADM(xr, e, k) load_masked_pd(PT_ADDR(xr, e), k)
 #define VSTOREN(p, v, n) _mm256_maskstore_pd(p, first_lanes_64(n), v)
 #define POOL_NAME fc_dmax_pool_values_avx2
 #include "../pool_template.h"

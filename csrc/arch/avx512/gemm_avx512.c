@@ -2,8 +2,7 @@
  * float: 8 rows x 3 zmm (48 columns): 24 accumulators + 3 B vectors + 1 broadcast fit in 32 zmm registers.
  * double: 8 rows x 3 zmm (24 columns).
  * Direct convolution (both types): 6 filters x up to 4 vectors of pixels; weight gradient 6 filters x 4 taps.
- * Values-only max pooling: stride 2 splits even and odd lanes with vpermt2ps / vpermt2pd; the vectors reaching past
- * a row's ends are expand-loads (vexpandps / vexpandpd) of the lanes inside it. */
+ * Values-only max pooling: stride 2 splits even and odd lanes with vpermt2ps / vpermt2pd. */
 #include <immintrin.h>
 #include <math.h>
 
@@ -47,8 +46,9 @@ static inline __m512d maxn_pd(__m512d m, __m512d v) {
     _mm512_permutex2var_ps(a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b)
 #define VODD(a, b) \
     _mm512_permutex2var_ps(a, _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31), b)
-#define VLOADX(p, lead, n) \
-    _mm512_mask_expandloadu_ps(_mm512_set1_ps(-INFINITY), (__mmask16)(((1u << (n)) - 1) << (lead)), p)
+#define VMASK_T __mmask16
+#define VMASK(lo, hi) ((__mmask16)(((1u << (hi)) - 1) & ~((1u << (lo)) - 1)))
+#define VLOADM(xr, e, k) _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), k, PT_ADDR(xr, e))
 #define VSTOREN(p, v, n) _mm512_mask_storeu_ps(p, (__mmask16)((1u << (n)) - 1), v)
 #define POOL_NAME fc_smax_pool_values_avx512
 #include "../pool_template.h"
@@ -78,8 +78,9 @@ static inline __m512d maxn_pd(__m512d m, __m512d v) {
 #define VMAXN(m, v) maxn_pd(m, v)
 #define VEVEN(a, b) _mm512_permutex2var_pd(a, _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), b)
 #define VODD(a, b) _mm512_permutex2var_pd(a, _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15), b)
-#define VLOADX(p, lead, n) \
-    _mm512_mask_expandloadu_pd(_mm512_set1_pd(-INFINITY), (__mmask8)(((1u << (n)) - 1) << (lead)), p)
+#define VMASK_T __mmask8
+#define VMASK(lo, hi) ((__mmask8)(((1u << (hi)) - 1) & ~((1u << (lo)) - 1)))
+#define VLOADM(xr, e, k) _mm512_mask_loadu_pd(_mm512_set1_pd(-INFINITY), k, PT_ADDR(xr, e))
 #define VSTOREN(p, v, n) _mm512_mask_storeu_pd(p, (__mmask8)((1u << (n)) - 1), v)
 #define POOL_NAME fc_dmax_pool_values_avx512
 #include "../pool_template.h"
