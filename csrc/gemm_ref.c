@@ -115,14 +115,16 @@ typedef struct fc_pool_lanes {
     int64_t lo, hi;
 } fc_pool_lanes;
 static inline fc_pool_vs load_lanes_vs(const float *xr, int64_t e, fc_pool_lanes k) {
-    float t[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
-    if (k.hi > k.lo) memcpy(t + k.lo, xr + e + k.lo, (size_t)(k.hi - k.lo) * sizeof(float));
-    return load_vs(t);
+    /* lane by lane into the vector: a staging array stored and then loaded whole would stall the load (store
+     * forwarding fails on the partial stores) */
+    fc_pool_vs v;
+    for (int i = 0; i < 4; i++) v[i] = i >= k.lo && i < k.hi ? xr[e + i] : -INFINITY;
+    return v;
 }
 static inline fc_pool_vd load_lanes_vd(const double *xr, int64_t e, fc_pool_lanes k) {
-    double t[2] = {-INFINITY, -INFINITY};
-    if (k.hi > k.lo) memcpy(t + k.lo, xr + e + k.lo, (size_t)(k.hi - k.lo) * sizeof(double));
-    return load_vd(t);
+    fc_pool_vd v;
+    for (int i = 0; i < 2; i++) v[i] = i >= k.lo && i < k.hi ? xr[e + i] : -INFINITY;
+    return v;
 }
 
 #define T float
