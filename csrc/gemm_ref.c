@@ -2,6 +2,9 @@
 #include "fastconv/dispatch.h"
 #include "fastconv/gemm.h"
 
+#include <math.h>
+#include <string.h>
+
 #define FC_DEFINE_NAIVE(T, PFX)                                                                                  \
     void fc_##PFX##gemm_naive(int64_t m, int64_t n, int64_t k, T alpha, const T *a, int64_t rs_a, int64_t cs_a, \
                               const T *b, int64_t rs_b, int64_t cs_b, T beta, T *c, int64_t rs_c, int64_t cs_c) { \
@@ -64,6 +67,99 @@ FC_DEFINE_NAIVE(double, d)
 #define WINO_NAME(x) fc_dwinograd_##x##_ref
 #include "arch/winograd_template.h"
 
+#undef T
+#undef VEC
+#undef VL
+#undef VLOADU
+#undef VSTOREU
+#undef VSET1
+
+/* Values-only max pooling in GNU C 16-byte vectors (no intrinsics, no ISA flags: SSE2 on x86-64, NEON on ARM,
+ * scalar code elsewhere). */
+typedef float fc_pool_vs __attribute__((vector_size(16)));
+typedef int32_t fc_pool_vs_mask __attribute__((vector_size(16)));
+typedef double fc_pool_vd __attribute__((vector_size(16)));
+typedef int64_t fc_pool_vd_mask __attribute__((vector_size(16)));
+
+#if defined(__clang__) || __GNUC__ >= 12
+#define FC_POOL_SHUFFLE(a, b, mask_t, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define FC_POOL_SHUFFLE(a, b, mask_t, ...) __builtin_shuffle(a, b, (mask_t){__VA_ARGS__})
+#endif
+
+/* v where v > m or v is NaN, else m. */
+static inline fc_pool_vs maxn_vs(fc_pool_vs m, fc_pool_vs v) {
+    const fc_pool_vs_mask take = (v > m) | (v != v);
+    return (fc_pool_vs)((take & (fc_pool_vs_mask)v) | (~take & (fc_pool_vs_mask)m));
+}
+static inline fc_pool_vd maxn_vd(fc_pool_vd m, fc_pool_vd v) {
+    const fc_pool_vd_mask take = (v > m) | (v != v);
+    return (fc_pool_vd)((take & (fc_pool_vd_mask)v) | (~take & (fc_pool_vd_mask)m));
+}
+static inline fc_pool_vs load_vs(const float *p) {
+    fc_pool_vs v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline fc_pool_vd load_vd(const double *p) {
+    fc_pool_vd v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline void store_vs(float *p, fc_pool_vs v) { memcpy(p, &v, sizeof v); }
+static inline void store_vd(double *p, fc_pool_vd v) { memcpy(p, &v, sizeof v); }
+static inline void store_first_vs(float *p, fc_pool_vs v, int64_t n) { memcpy(p, &v, (size_t)n * sizeof(float)); }
+static inline void store_first_vd(double *p, fc_pool_vd v, int64_t n) { memcpy(p, &v, (size_t)n * sizeof(double)); }
+/* A set of lanes [lo, hi), and the vector of xr[e + i] for its lanes i, -inf in the others. */
+typedef struct fc_pool_lanes {
+    int64_t lo, hi;
+} fc_pool_lanes;
+static inline fc_pool_vs load_lanes_vs(const float *xr, int64_t e, fc_pool_lanes k) {
+    /* lane by lane into the vector: a staging array stored and then loaded whole would stall the load (store
+     * forwarding fails on the partial stores) */
+    fc_pool_vs v;
+    for (int i = 0; i < 4; i++) v[i] = i >= k.lo && i < k.hi ? xr[e + i] : -INFINITY;
+    return v;
+}
+static inline fc_pool_vd load_lanes_vd(const double *xr, int64_t e, fc_pool_lanes k) {
+    fc_pool_vd v;
+    for (int i = 0; i < 2; i++) v[i] = i >= k.lo && i < k.hi ? xr[e + i] : -INFINITY;
+    return v;
+}
+
+#define T float
+#define VEC fc_pool_vs
+#define VL 4
+#define VLOADU(p) load_vs(p)
+#define VSTOREU(p, v) store_vs(p, v)
+#define VSET1(s) ((fc_pool_vs){0} + (s))
+#define VMAXN(m, v) maxn_vs(m, v)
+#define VEVEN(a, b) FC_POOL_SHUFFLE(a, b, fc_pool_vs_mask, 0, 2, 4, 6)
+#define VODD(a, b) FC_POOL_SHUFFLE(a, b, fc_pool_vs_mask, 1, 3, 5, 7)
+#define VMASK_T fc_pool_lanes
+#define VMASK(lo, hi) ((fc_pool_lanes){lo, hi})
+#define VLOADM(xr, e, k) load_lanes_vs(xr, e, k)
+#define VSTOREN(p, v, n) store_first_vs(p, v, n)
+#define POOL_NAME fc_smax_pool_values_ref
+#include "arch/pool_template.h"
+#include "arch/template_undef.h"
+
+#define T double
+#define VEC fc_pool_vd
+#define VL 2
+#define VLOADU(p) load_vd(p)
+#define VSTOREU(p, v) store_vd(p, v)
+#define VSET1(s) ((fc_pool_vd){0} + (s))
+#define VMAXN(m, v) maxn_vd(m, v)
+#define VEVEN(a, b) FC_POOL_SHUFFLE(a, b, fc_pool_vd_mask, 0, 2)
+#define VODD(a, b) FC_POOL_SHUFFLE(a, b, fc_pool_vd_mask, 1, 3)
+#define VMASK_T fc_pool_lanes
+#define VMASK(lo, hi) ((fc_pool_lanes){lo, hi})
+#define VLOADM(xr, e, k) load_lanes_vd(xr, e, k)
+#define VSTOREN(p, v, n) store_first_vd(p, v, n)
+#define POOL_NAME fc_dmax_pool_values_ref
+#include "arch/pool_template.h"
+
 const fc_arch fc_arch_ref = {
     "ref",
     "portable C",
@@ -72,11 +168,13 @@ const fc_arch fc_arch_ref = {
      4, 4, 4, 4, {0, fc_sdirect_ukr_ref_1, fc_sdirect_ukr_ref_2, fc_sdirect_ukr_ref_3, fc_sdirect_ukr_ref_4},
      fc_swgrad_ukr_ref,
      fc_swinograd_input_ref, fc_swinograd_weights_ref, fc_swinograd_grad_ref, fc_swinograd_output_ref,
-     fc_sgemm_ukr_ref_epilogue},
+     fc_sgemm_ukr_ref_epilogue,
+     fc_smax_pool_values_ref},
     {4, 1, 4, 128, 256, 2048,
      {0, fc_dgemm_ukr_ref_1, fc_dgemm_ukr_ref_2, fc_dgemm_ukr_ref_3, fc_dgemm_ukr_ref_4},
      4, 4, 4, 4, {0, fc_ddirect_ukr_ref_1, fc_ddirect_ukr_ref_2, fc_ddirect_ukr_ref_3, fc_ddirect_ukr_ref_4},
      fc_dwgrad_ukr_ref,
      fc_dwinograd_input_ref, fc_dwinograd_weights_ref, fc_dwinograd_grad_ref, fc_dwinograd_output_ref,
-     fc_dgemm_ukr_ref_epilogue},
+     fc_dgemm_ukr_ref_epilogue,
+     fc_dmax_pool_values_ref},
 };

@@ -3,6 +3,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "fastconv/dispatch.h"
 #include "fastconv/gemm.h" /* fc_thread_buffer */
 #include "fastconv/pool.h"
 #include "fastconv/threads.h"

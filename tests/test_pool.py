@@ -200,6 +200,91 @@ def test_max_pool_values_only(arch, nthreads, dtype, shape, rng):
             np.testing.assert_array_equal(y, y_ref, err_msg=f"k={k} s={s} p={p} ceil_mode={ceil_mode}")
 
 
+# The values-only kernel (arch/pool_template.h) is separable: a horizontal pass at the output stride (stride 1:
+# shifted loads, stride 2: even/odd lanes of two loads, other strides: scalar), masked loads wherever a vector reaches
+# past either end of a row, a ring of kh + 7 rows of horizontal maxima filled 8 rows at a time, and a vertical pass
+# with its own loops for 2 and 3 rows. Vectors hold 16 / 8 floats / doubles (AVX-512), 8 / 4 (AVX2), 4 / 2 (ref).
+VALUES_WIDTHS = [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 34, 47, 49]
+VALUES_GEOMETRIES = [  # kernel, stride, padding
+    (2, 2, 0), (2, 2, 1), (3, 2, 0), (3, 2, 1), (3, 1, 0), (3, 1, 1), (2, 1, 0), (2, 1, 1),
+    (1, 1, 0), (1, 2, 0), (4, 2, 2), (5, 2, 1), (5, 1, 2), (3, 3, 1), (4, 3, 0),
+    ((3, 2), (2, 1), (1, 0)), ((2, 3), (1, 2), (0, 1)), ((1, 3), (3, 2), (0, 1)), ((5, 1), (1, 3), (2, 0)),
+]
+
+
+def values_only_cases(x):
+    """(kernel, stride, padding, ceil_mode) of VALUES_GEOMETRIES that fit x's planes."""
+    for k, s, p in VALUES_GEOMETRIES:
+        k2, s2, p2 = (F._int_pair(v, "") for v in (k, s, p))
+        if k2[0] > x.shape[2] + 2 * p2[0] or k2[1] > x.shape[3] + 2 * p2[1]:
+            continue
+        for ceil_mode in (False, True):
+            yield k, s, p, ceil_mode, (k2, s2, p2)
+
+
+@pytest.mark.parametrize("width", VALUES_WIDTHS)
+def test_max_pool_values_only_widths(arch, nthreads, dtype, width, rng):
+    """Row widths below, at and above one vector and two (odd ones for stride 2's even/odd split), every geometry
+    with padding, ceil_mode windows hanging past the edge, and kernels 1 to 5, square or not; NaN and infinities
+    near the edges as well as inside."""
+    x = rng.standard_normal((2, 3, 11, width)).astype(dtype)
+    x[rng.random(x.shape) < 0.04] = np.nan
+    x[rng.random(x.shape) < 0.04] = -np.inf
+    x[rng.random(x.shape) < 0.02] = np.inf
+    x[0, 1] = -np.inf  # a whole plane of -inf
+    x[1, 2, :, -1] = np.nan  # the last column: reached only by the edge vectors
+    for k, s, p, ceil_mode, (k2, s2, p2) in values_only_cases(x):
+        y = F.max_pool2d(x, k, s, p, ceil_mode, indices=False)
+        y_ref, _ = ref_max_pool(x, k2, s2, p2, ceil_mode)
+        np.testing.assert_array_equal(y, y_ref, err_msg=f"width={width} k={k} s={s} p={p} ceil_mode={ceil_mode}")
+
+
+@pytest.mark.parametrize("height, kernel, stride, padding", [
+    (30, 3, 1, 1), (30, 3, 2, 1), (29, 2, 2, 0), (40, (11, 3), (1, 2), (5, 1)), (25, (9, 2), (4, 2), (4, 0)),
+    (21, (2, 3), (5, 2), (1, 1)), (17, (17, 3), 1, (0, 1)), (9, (1, 2), (4, 1), 0),
+])
+def test_max_pool_values_only_ring(arch, nthreads, dtype, height, kernel, stride, padding, rng):
+    """Tall planes: the ring of horizontal maxima wraps many times, kernels taller than a batch of 8 rows, vertical
+    strides above the kernel height (input rows skipped), and a window as tall as the plane."""
+    x = rng.standard_normal((2, 2, height, 19)).astype(dtype)
+    x[rng.random(x.shape) < 0.03] = np.nan
+    k2, s2, p2 = (F._int_pair(v, "") for v in (kernel, stride, padding))
+    for ceil_mode in (False, True):
+        y = F.max_pool2d(x, kernel, stride, padding, ceil_mode, indices=False)
+        y_ref, _ = ref_max_pool(x, k2, s2, p2, ceil_mode)
+        np.testing.assert_array_equal(y, y_ref, err_msg=f"ceil_mode={ceil_mode}")
+
+
+def test_max_pool_values_only_same_bits_as_argmax_path(arch, nthreads, dtype, rng):
+    """The separable kernel keeps the window's first maximum and its last NaN in row-major order, like the argmax
+    path: the sign of a tied zero and the payload of a NaN are the same bit for bit."""
+    itype = np.uint32 if dtype == np.float32 else np.uint64
+    x = rng.integers(-1, 2, (2, 3, 13, 37)).astype(dtype)  # many ties
+    x[x == 0] = np.where(rng.random(np.count_nonzero(x == 0)) < 0.5, 0.0, -0.0).astype(dtype)
+    nan_bits = np.array([np.nan], dtype).view(itype)[0]
+    nans = rng.random(x.shape) < 0.05
+    bits = x.view(itype)
+    bits[nans] = nan_bits | rng.integers(1, 1000, np.count_nonzero(nans)).astype(itype)  # distinct payloads
+    x[1, 1, 4:7, 4:9] = np.nan
+    for k, s, p, ceil_mode, _ in values_only_cases(x):
+        y, _ = F.max_pool2d(x, k, s, p, ceil_mode)
+        y_values = F.max_pool2d(x, k, s, p, ceil_mode, indices=False)
+        np.testing.assert_array_equal(y_values.view(itype), y.view(itype),
+                                      err_msg=f"k={k} s={s} p={p} ceil_mode={ceil_mode}")
+
+
+def test_max_pool_values_only_threads_split_planes(arch, dtype, rng):
+    """An odd number of planes, large enough for the parallel region: each thread takes a contiguous run."""
+    x = rng.standard_normal((3, 7, 57, 59)).astype(dtype)
+    x[rng.random(x.shape) < 0.01] = np.nan
+    for k, s, p, ceil_mode in [(3, 2, 0, True), (3, 1, 1, False), (2, 2, 0, False), (3, 3, 1, True)]:
+        y_ref, _ = ref_max_pool(x, (k, k), (s, s), (p, p), ceil_mode)
+        for n in (1, 2):
+            with fastconv.threads(n):
+                y = F.max_pool2d(x, k, s, p, ceil_mode, indices=False)
+            np.testing.assert_array_equal(y, y_ref, err_msg=f"threads={n} k={k} s={s} p={p}")
+
+
 def test_max_pool_threads_agree_on_large_input(arch, dtype, rng):
     """A batch large enough for the parallel region: 1 and 2 threads give the reference result."""
     x = rng.standard_normal((4, 16, 33, 35)).astype(dtype)
@@ -464,6 +549,7 @@ def test_random_geometries(g):
     k, s, p, ceil_mode, cip = g["kernel"], g["stride"], g["padding"], g["ceil_mode"], g["count_include_pad"]
     with fastconv.threads(g["threads"]):
         y, am = F.max_pool2d(x, k, s, p, ceil_mode)
+        yv = F.max_pool2d(x, k, s, p, ceil_mode, indices=False)
         ya = F.avg_pool2d(x, k, s, p, ceil_mode, cip)
         dy = rng.standard_normal(y.shape).astype(g["dtype"])
         dx = F.max_pool2d_backward(dy, am, x.shape)
@@ -471,6 +557,7 @@ def test_random_geometries(g):
     y_ref, am_ref = ref_max_pool(x, k, s, p, ceil_mode)
     np.testing.assert_array_equal(y, y_ref)
     np.testing.assert_array_equal(am, am_ref)
+    np.testing.assert_array_equal(yv, y_ref)
     np.testing.assert_allclose(ya, ref_avg_pool(x, k, s, p, ceil_mode, cip), **tol(g["dtype"]))
     np.testing.assert_allclose(dx, ref_max_pool_backward(dy, am_ref, x.shape), **tol(g["dtype"]))
     np.testing.assert_allclose(dxa, ref_avg_pool_backward(dy, x.shape, k, s, p, ceil_mode, cip), **tol(g["dtype"]))

@@ -1,4 +1,4 @@
-/* Ends one element type's instantiation of ukernel_template.h and direct_template.h in an ISA file: undefines the
+/* Ends one element type's instantiation of the templates (ukernel, direct, winograd, pool) in an ISA file: undefines the
  * per-type parameters so the next type can define its own. The tile sizes of the direct kernels (DFB DNV WFB
  * WTB) are shared by both types and stay defined. */
 #undef T
@@ -19,3 +19,11 @@
 #undef WGRAD_NAME
 #undef WINO_NAME
 #undef VSTORE_FIRST
+#undef VMAXN
+#undef VEVEN
+#undef VODD
+#undef VMASK_T
+#undef VMASK
+#undef VLOADM
+#undef VSTOREN
+#undef POOL_NAME

@@ -3,6 +3,7 @@
  * double: 6 rows x 2 ymm (8 columns).
  * Direct convolution: 6 filters x up to 2 vectors of pixels; weight gradient 3 filters x 4 taps (12 + 3 + 1). */
 #include <immintrin.h>
+#include <math.h>
 
 #include "fastconv/dispatch.h"
 
@@ -16,6 +17,43 @@ static inline float hsum_ps(__m256 v) {
 static inline double hsum_pd(__m256d v) {
     __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
     return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+}
+
+/* Max pooling's running maximum: v where v > m or v is NaN, else m (max_ps(v, m) is v > m ? v : m). */
+static inline __m256 maxn_ps(__m256 m, __m256 v) {
+    return _mm256_blendv_ps(_mm256_max_ps(v, m), v, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+}
+static inline __m256d maxn_pd(__m256d m, __m256d v) {
+    return _mm256_blendv_pd(_mm256_max_pd(v, m), v, _mm256_cmp_pd(v, v, _CMP_UNORD_Q));
+}
+
+/* Even and odd lanes of (a, b): shuffle within the 128-bit halves, then put the 64-bit pairs in order. */
+static inline __m256 even_ps(__m256 a, __m256 b) {
+    __m256 t = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)); /* a0 a2 b0 b2 | a4 a6 b4 b6 */
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(t), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+static inline __m256 odd_ps(__m256 a, __m256 b) {
+    __m256 t = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(t), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+static inline __m256d even_pd(__m256d a, __m256d b) { /* a0 b0 | a2 b2 -> a0 a2 b0 b2 */
+    return _mm256_permute4x64_pd(_mm256_unpacklo_pd(a, b), _MM_SHUFFLE(3, 1, 2, 0));
+}
+static inline __m256d odd_pd(__m256d a, __m256d b) {
+    return _mm256_permute4x64_pd(_mm256_unpackhi_pd(a, b), _MM_SHUFFLE(3, 1, 2, 0));
+}
+static inline __m256i first_lanes_32(int64_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+static inline __m256i first_lanes_64(int64_t n) {
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
+}
+/* The lanes of k from p (a masked load: the others are not accessed), -inf in the others. */
+static inline __m256 load_masked_ps(const float *p, __m256i k) {
+    return _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), _mm256_maskload_ps(p, k), _mm256_castsi256_ps(k));
+}
+static inline __m256d load_masked_pd(const double *p, __m256i k) {
+    return _mm256_blendv_pd(_mm256_set1_pd(-INFINITY), _mm256_maskload_pd(p, k), _mm256_castsi256_pd(k));
 }
 
 #define T float
@@ -45,6 +83,15 @@ static inline double hsum_pd(__m256d v) {
                         _mm256_load_ps(s))
 #define WINO_NAME(x) fc_swinograd_##x##_avx2
 #include "../winograd_template.h"
+#define VMAXN(m, v) maxn_ps(m, v)
+#define VEVEN(a, b) even_ps(a, b)
+#define VODD(a, b) odd_ps(a, b)
+#define VMASK_T __m256i
+#define VMASK(lo, hi) _mm256_andnot_si256(first_lanes_32(lo), first_lanes_32(hi))
+#define VLOADM(xr, e, k) load_masked_ps(PT_ADDR(xr, e), k)
+#define VSTOREN(p, v, n) _mm256_maskstore_ps(p, first_lanes_32(n), v)
+#define POOL_NAME fc_smax_pool_values_avx2
+#include "../pool_template.h"
 #include "../template_undef.h"
 
 #define T double
@@ -69,6 +116,15 @@ static inline double hsum_pd(__m256d v) {
     _mm256_maskstore_pd(d, _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3)), _mm256_load_pd(s))
 #define WINO_NAME(x) fc_dwinograd_##x##_avx2
 #include "../winograd_template.h"
+#define VMAXN(m, v) maxn_pd(m, v)
+#define VEVEN(a, b) even_pd(a, b)
+#define VODD(a, b) odd_pd(a, b)
+#define VMASK_T __m256i
+#define VMASK(lo, hi) _mm256_andnot_si256(first_lanes_64(lo), first_lanes_64(hi))
+#define VLOADM(xr, e, k) load_masked_pd(PT_ADDR(xr, e), k)
+#define VSTOREN(p, v, n) _mm256_maskstore_pd(p, first_lanes_64(n), v)
+#define POOL_NAME fc_dmax_pool_values_avx2
+#include "../pool_template.h"
 
 const fc_arch fc_arch_avx2 = {
     "avx2",
@@ -76,9 +132,11 @@ const fc_arch fc_arch_avx2 = {
     {6, 8, 2, 144, 256, 4096, {0, fc_sgemm_ukr_avx2_1, fc_sgemm_ukr_avx2_2, 0, 0},
      6, 2, 3, 4, {0, fc_sdirect_ukr_avx2_1, fc_sdirect_ukr_avx2_2, 0, 0}, fc_swgrad_ukr_avx2,
      fc_swinograd_input_avx2, fc_swinograd_weights_avx2, fc_swinograd_grad_avx2, fc_swinograd_output_avx2,
-     fc_sgemm_ukr_avx2_epilogue},
+     fc_sgemm_ukr_avx2_epilogue,
+     fc_smax_pool_values_avx2},
     {6, 4, 2, 144, 256, 2048, {0, fc_dgemm_ukr_avx2_1, fc_dgemm_ukr_avx2_2, 0, 0},
      6, 2, 3, 4, {0, fc_ddirect_ukr_avx2_1, fc_ddirect_ukr_avx2_2, 0, 0}, fc_dwgrad_ukr_avx2,
      fc_dwinograd_input_avx2, fc_dwinograd_weights_avx2, fc_dwinograd_grad_avx2, fc_dwinograd_output_avx2,
-     fc_dgemm_ukr_avx2_epilogue},
+     fc_dgemm_ukr_avx2_epilogue,
+     fc_dmax_pool_values_avx2},
 };

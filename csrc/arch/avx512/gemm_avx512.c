@@ -1,10 +1,20 @@
 /* AVX-512F micro-kernels (the only file built with -mavx512f).
  * float: 8 rows x 3 zmm (48 columns): 24 accumulators + 3 B vectors + 1 broadcast fit in 32 zmm registers.
  * double: 8 rows x 3 zmm (24 columns).
- * Direct convolution (both types): 6 filters x up to 4 vectors of pixels; weight gradient 6 filters x 4 taps. */
+ * Direct convolution (both types): 6 filters x up to 4 vectors of pixels; weight gradient 6 filters x 4 taps.
+ * Values-only max pooling: stride 2 splits even and odd lanes with vpermt2ps / vpermt2pd. */
 #include <immintrin.h>
+#include <math.h>
 
 #include "fastconv/dispatch.h"
+
+/* Max pooling's running maximum: v where v > m or v is NaN, else m (max_ps(v, m) is v > m ? v : m). */
+static inline __m512 maxn_ps(__m512 m, __m512 v) {
+    return _mm512_mask_max_ps(v, _mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), v, m);
+}
+static inline __m512d maxn_pd(__m512d m, __m512d v) {
+    return _mm512_mask_max_pd(v, _mm512_cmp_pd_mask(v, v, _CMP_ORD_Q), v, m);
+}
 
 #define T float
 #define VEC __m512
@@ -31,6 +41,17 @@
 #define VSTORE_FIRST(d, s, n) _mm512_mask_storeu_ps(d, (__mmask16)((1u << (n)) - 1), _mm512_load_ps(s))
 #define WINO_NAME(x) fc_swinograd_##x##_avx512
 #include "../winograd_template.h"
+#define VMAXN(m, v) maxn_ps(m, v)
+#define VEVEN(a, b) \
+    _mm512_permutex2var_ps(a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b)
+#define VODD(a, b) \
+    _mm512_permutex2var_ps(a, _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31), b)
+#define VMASK_T __mmask16
+#define VMASK(lo, hi) ((__mmask16)(((1u << (hi)) - 1) & ~((1u << (lo)) - 1)))
+#define VLOADM(xr, e, k) _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), k, PT_ADDR(xr, e))
+#define VSTOREN(p, v, n) _mm512_mask_storeu_ps(p, (__mmask16)((1u << (n)) - 1), v)
+#define POOL_NAME fc_smax_pool_values_avx512
+#include "../pool_template.h"
 #include "../template_undef.h"
 
 #define T double
@@ -54,6 +75,15 @@
 #define VSTORE_FIRST(d, s, n) _mm512_mask_storeu_pd(d, (__mmask8)((1u << (n)) - 1), _mm512_load_pd(s))
 #define WINO_NAME(x) fc_dwinograd_##x##_avx512
 #include "../winograd_template.h"
+#define VMAXN(m, v) maxn_pd(m, v)
+#define VEVEN(a, b) _mm512_permutex2var_pd(a, _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), b)
+#define VODD(a, b) _mm512_permutex2var_pd(a, _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15), b)
+#define VMASK_T __mmask8
+#define VMASK(lo, hi) ((__mmask8)(((1u << (hi)) - 1) & ~((1u << (lo)) - 1)))
+#define VLOADM(xr, e, k) _mm512_mask_loadu_pd(_mm512_set1_pd(-INFINITY), k, PT_ADDR(xr, e))
+#define VSTOREN(p, v, n) _mm512_mask_storeu_pd(p, (__mmask8)((1u << (n)) - 1), v)
+#define POOL_NAME fc_dmax_pool_values_avx512
+#include "../pool_template.h"
 
 const fc_arch fc_arch_avx512 = {
     "avx512",
@@ -63,11 +93,13 @@ const fc_arch fc_arch_avx512 = {
      {0, fc_sdirect_ukr_avx512_1, fc_sdirect_ukr_avx512_2, fc_sdirect_ukr_avx512_3, fc_sdirect_ukr_avx512_4},
      fc_swgrad_ukr_avx512,
      fc_swinograd_input_avx512, fc_swinograd_weights_avx512, fc_swinograd_grad_avx512, fc_swinograd_output_avx512,
-     fc_sgemm_ukr_avx512_epilogue},
+     fc_sgemm_ukr_avx512_epilogue,
+     fc_smax_pool_values_avx512},
     {8, 8, 3, 192, 256, 2048, {0, fc_dgemm_ukr_avx512_1, fc_dgemm_ukr_avx512_2, fc_dgemm_ukr_avx512_3, 0},
      6, 4, 6, 4,
      {0, fc_ddirect_ukr_avx512_1, fc_ddirect_ukr_avx512_2, fc_ddirect_ukr_avx512_3, fc_ddirect_ukr_avx512_4},
      fc_dwgrad_ukr_avx512,
      fc_dwinograd_input_avx512, fc_dwinograd_weights_avx512, fc_dwinograd_grad_avx512, fc_dwinograd_output_avx512,
-     fc_dgemm_ukr_avx512_epilogue},
+     fc_dgemm_ukr_avx512_epilogue,
+     fc_dmax_pool_values_avx512},
 };

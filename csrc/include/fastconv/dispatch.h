@@ -47,12 +47,20 @@ typedef void (*fc_dwino_output_ukr)(int64_t cnt, const double *FC_RESTRICT m, in
                                     double *FC_RESTRICT out, int64_t ldo);
 
 /* The epilogue of a tile of C the micro-kernel wrote (gemm.h's fc_Xgemm_epilogue, rows x cols at c): compiled
- * with the ISA's flags so it runs at vector width. bias and add may be NULL. */
+ * with the ISA's flags so it runs at vector width. scale, bias and add may be NULL. */
 typedef void (*fc_sepilogue_ukr)(int64_t rows, int64_t cols, float *FC_RESTRICT c, int64_t rs_c, const float *scale,
                                  const float *bias, const float *FC_RESTRICT add, int64_t rs_add, int relu);
 typedef void (*fc_depilogue_ukr)(int64_t rows, int64_t cols, double *FC_RESTRICT c, int64_t rs_c,
                                  const double *scale, const double *bias, const double *FC_RESTRICT add,
                                  int64_t rs_add, int relu);
+
+/* Values-only max pooling of `planes` consecutive NCHW planes (arch/pool_template.h); work holds the elements
+ * fc_max_pool2d_values_layout (fastconv/pool.h) gives for d. */
+struct fc_pool2d_desc;
+typedef void (*fc_smax_pool_values_ukr)(int64_t planes, const float *FC_RESTRICT x, float *FC_RESTRICT y,
+                                        const struct fc_pool2d_desc *d, float *FC_RESTRICT work);
+typedef void (*fc_dmax_pool_values_ukr)(int64_t planes, const double *FC_RESTRICT x, double *FC_RESTRICT y,
+                                        const struct fc_pool2d_desc *d, double *FC_RESTRICT work);
 
 typedef struct fc_sgemm_kernel {
     int mr, vl, nv;     /* tile: mr rows x (nv * vl) columns */
@@ -67,6 +75,7 @@ typedef struct fc_sgemm_kernel {
     fc_swino_grad_ukr winograd_grad;
     fc_swino_output_ukr winograd_output;
     fc_sepilogue_ukr epilogue;
+    fc_smax_pool_values_ukr max_pool_values;
 } fc_sgemm_kernel;
 
 typedef struct fc_dgemm_kernel {
@@ -81,6 +90,7 @@ typedef struct fc_dgemm_kernel {
     fc_dwino_grad_ukr winograd_grad;
     fc_dwino_output_ukr winograd_output;
     fc_depilogue_ukr epilogue;
+    fc_dmax_pool_values_ukr max_pool_values;
 } fc_dgemm_kernel;
 
 typedef struct fc_arch {

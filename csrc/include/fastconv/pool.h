@@ -38,6 +38,22 @@ int fc_pool2d_output_size(int64_t in, int64_t kernel, int64_t stride, int64_t pa
 /* FC_OK when every field is valid and consistent, FC_ERR_OVERFLOW when a tensor size overflows int64. */
 int fc_pool2d_check(const fc_pool2d_desc *d);
 
+/* The per-thread workspace of the values-only max-pool kernels (arch/pool_template.h): a ring of
+ * R = kernel_h + FC_POOL_BATCH - 1 rows of ldh = out_w rounded up to FC_POOL_LANES (every arch's vector length
+ * divides it) holding the horizontal maxima of the input rows in reach, computed FC_POOL_BATCH rows at a time;
+ * total = R * ldh elements. FC_OK, or FC_ERR_OVERFLOW when a size overflows int64 (d is otherwise assumed valid). */
+#define FC_POOL_LANES 16
+#define FC_POOL_BATCH 8
+static inline int fc_max_pool2d_values_layout(const fc_pool2d_desc *d, int64_t *ldh, int64_t *rows, int64_t *total) {
+    int64_t l, r;
+    if (fc_add_overflow(d->out_w, FC_POOL_LANES - 1, &l)) return FC_ERR_OVERFLOW;
+    l = l / FC_POOL_LANES * FC_POOL_LANES;
+    if (fc_add_overflow(d->kernel_h, FC_POOL_BATCH - 1, &r) || fc_mul_overflow(r, l, total)) return FC_ERR_OVERFLOW;
+    *ldh = l;
+    *rows = r;
+    return FC_OK;
+}
+
 /* x (N, C, H, W) -> y, argmax (N, C, Ho, Wo). */
 int fc_smax_pool2d_forward(const fc_context *ctx, const float *x, float *y, int64_t *argmax,
                            const fc_pool2d_desc *d);
@@ -45,7 +61,8 @@ int fc_dmax_pool2d_forward(const fc_context *ctx, const double *x, double *y, in
                            const fc_pool2d_desc *d);
 /* dx = 0, then dx[n, c].flat[argmax[n, c, i, j]] += dy[n, c, i, j]. Reads only the sizes (N, C, H, W, Ho, Wo)
  * of d: the windows are in argmax. */
-/* y only (no argmax), for inference: a faster kernel on the same rules. Workspace: one padded plane per thread. */
+/* y only (no argmax), for inference: the same values by a separable kernel of the selected arch (max_pool_values in
+ * fastconv/dispatch.h). Workspace per thread: fc_max_pool2d_values_layout's total. */
 int fc_smax_pool2d_forward_values(const fc_context *ctx, const float *x, float *y, const fc_pool2d_desc *d);
 int fc_dmax_pool2d_forward_values(const fc_context *ctx, const double *x, double *y, const fc_pool2d_desc *d);
 int fc_smax_pool2d_backward(const fc_context *ctx, const float *dy, const int64_t *argmax, float *dx,
