@@ -33,6 +33,8 @@ FC_DEFINE_NAIVE(double, d)
 #define VSET1(s) (s)
 #define VFMA(a, b, c) ((a) * (b) + (c))
 #define VMUL(a, b) ((a) * (b))
+#define VADD(a, b) ((a) + (b))
+#define VRELU(x) ((x) < 0 ? 0 : (x))
 #define UKR_NAME(v) fc_sgemm_ukr_ref_##v
 #include "arch/ukernel_template.h"
 #define VHSUM(x) (x)
@@ -169,12 +171,14 @@ const fc_arch fc_arch_ref = {
      fc_swgrad_ukr_ref,
      fc_swinograd_input_ref, fc_swinograd_weights_ref, fc_swinograd_grad_ref, fc_swinograd_output_ref,
      fc_sgemm_ukr_ref_epilogue,
-     fc_smax_pool_values_ref},
+     fc_smax_pool_values_ref,
+     {0, fc_sgemm_ukr_ref_1_ep, fc_sgemm_ukr_ref_2_ep, fc_sgemm_ukr_ref_3_ep, fc_sgemm_ukr_ref_4_ep}},
     {4, 1, 4, 128, 256, 2048,
      {0, fc_dgemm_ukr_ref_1, fc_dgemm_ukr_ref_2, fc_dgemm_ukr_ref_3, fc_dgemm_ukr_ref_4},
      4, 4, 4, 4, {0, fc_ddirect_ukr_ref_1, fc_ddirect_ukr_ref_2, fc_ddirect_ukr_ref_3, fc_ddirect_ukr_ref_4},
      fc_dwgrad_ukr_ref,
      fc_dwinograd_input_ref, fc_dwinograd_weights_ref, fc_dwinograd_grad_ref, fc_dwinograd_output_ref,
      fc_dgemm_ukr_ref_epilogue,
-     fc_dmax_pool_values_ref},
+     fc_dmax_pool_values_ref,
+     {0, fc_dgemm_ukr_ref_1_ep, fc_dgemm_ukr_ref_2_ep, fc_dgemm_ukr_ref_3_ep, fc_dgemm_ukr_ref_4_ep}},
 };

@@ -739,6 +739,8 @@ FUSED_CASES = {
     "gemm_large_im2col_n1": ((1, 3, 50, 50), (150, 3, 3, 3), dict(stride=1, padding=1), "gemm"),
     "gemm_large_pointwise_groups": ((3, 8, 48, 48), (6, 4, 1, 1), dict(groups=2), "gemm"),
     "gemm_pointwise_edge_tiles": ((1, 70, 47, 45), (37, 70, 1, 1), dict(), "gemm"),
+    # deeper than every kernel set's kc (256 or 384): the tile's last depth block adds to C, then the epilogue
+    "gemm_pointwise_deep": ((2, 400, 24, 24), (20, 400, 1, 1), dict(), "gemm"),
     "gemm_batched_small": ((9, 5, 9, 9), (20, 5, 3, 2), dict(stride=(2, 1), padding=(1, 0)), "gemm"),
     "direct": ((4, 6, 14, 14), (16, 6, 5, 5), dict(), "direct"),
     "winograd": ((3, 16, 11, 9), (40, 16, 3, 3), dict(padding=1), "winograd"),

@@ -13,6 +13,8 @@
 #undef VSET1
 #undef VFMA
 #undef VMUL
+#undef VADD
+#undef VRELU
 #undef VHSUM
 #undef UKR_NAME
 #undef DIRECT_NAME

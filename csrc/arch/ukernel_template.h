@@ -16,13 +16,14 @@
 
 static inline __attribute__((always_inline)) void UKR_BODY(const int nv, int64_t k, const T *FC_RESTRICT a,
                                                            const T *FC_RESTRICT b, T *FC_RESTRICT c, int64_t rs_c,
-                                                           T alpha, T beta) {
+                                                           T alpha, T beta, const int with_ep, const T *scale,
+                                                           const T *bias, const T *FC_RESTRICT add, int64_t rs_add,
+                                                           int relu) {
     VEC acc[MR][NV];
 #pragma GCC unroll 16
     for (int r = 0; r < MR; r++)
 #pragma GCC unroll 4
         for (int v = 0; v < nv; v++) acc[r][v] = VZERO();
-
     for (int64_t p = 0; p < k; p++) {
         VEC bv[NV];
 #pragma GCC unroll 4
@@ -37,6 +38,25 @@ static inline __attribute__((always_inline)) void UKR_BODY(const int nv, int64_t
         b += nv * VL;
     }
 
+    if (with_ep) {
+        /* the convolution's epilogue (dispatch.h) on the registers: C is only written, never read back (a cold
+         * output read right after its stores waited on every line: 27 % of a 1x1 layer's time) */
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; r++) {
+            const VEC vs = VSET1(scale ? scale[r] : (T)1), vb = VSET1(bias ? bias[r] : (T)0);
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++) {
+                T *cp = c + r * rs_c + v * VL;
+                VEC x = acc[r][v];
+                if (beta != (T)0) x = VFMA(VLOADU(cp), VSET1(beta), x);
+                x = VFMA(x, vs, vb);
+                if (add) x = VADD(x, VLOADU(add + r * rs_add + v * VL));
+                if (relu) x = VRELU(x);
+                VSTOREU(cp, x);
+            }
+        }
+        return;
+    }
     VEC va = VSET1(alpha);
     if (beta == (T)0) {
 #pragma GCC unroll 16
@@ -58,7 +78,12 @@ static inline __attribute__((always_inline)) void UKR_BODY(const int nv, int64_t
 #define UKR_DEFINE(v)                                                                                            \
     void UKR_NAME(v)(int64_t k, const T *FC_RESTRICT a, const T *FC_RESTRICT b, T *FC_RESTRICT c, int64_t rs_c, \
                      T alpha, T beta) {                                                                          \
-        UKR_BODY(v, k, a, b, c, rs_c, alpha, beta);                                                              \
+        UKR_BODY(v, k, a, b, c, rs_c, alpha, beta, 0, NULL, NULL, NULL, 0, 0);                                   \
+    }                                                                                                            \
+    void UKR_CAT(UKR_NAME(v), _ep)(int64_t k, const T *FC_RESTRICT a, const T *FC_RESTRICT b, T *FC_RESTRICT c,   \
+                                   int64_t rs_c, T beta, const T *scale, const T *bias, const T *FC_RESTRICT add, \
+                                   int64_t rs_add, int relu) {                                                   \
+        UKR_BODY(v, k, a, b, c, rs_c, (T)1, beta, 1, scale, bias, add, rs_add, relu);                            \
     }
 
 UKR_DEFINE(1)

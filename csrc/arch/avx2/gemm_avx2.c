@@ -68,6 +68,8 @@ static inline __m256d load_masked_pd(const double *p, __m256i k) {
 #define VSET1(s) _mm256_set1_ps(s)
 #define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define VMUL(a, b) _mm256_mul_ps(a, b)
+#define VADD(a, b) _mm256_add_ps(a, b)
+#define VRELU(x) _mm256_max_ps(_mm256_setzero_ps(), x) /* NaN in x is returned: kept */
 #define UKR_NAME(v) fc_sgemm_ukr_avx2_##v
 #include "../ukernel_template.h"
 #define VHSUM(x) hsum_ps(x)
@@ -106,6 +108,8 @@ static inline __m256d load_masked_pd(const double *p, __m256i k) {
 #define VSET1(s) _mm256_set1_pd(s)
 #define VFMA(a, b, c) _mm256_fmadd_pd(a, b, c)
 #define VMUL(a, b) _mm256_mul_pd(a, b)
+#define VADD(a, b) _mm256_add_pd(a, b)
+#define VRELU(x) _mm256_max_pd(_mm256_setzero_pd(), x)
 #define UKR_NAME(v) fc_dgemm_ukr_avx2_##v
 #include "../ukernel_template.h"
 #define VHSUM(x) hsum_pd(x)
@@ -133,10 +137,12 @@ const fc_arch fc_arch_avx2 = {
      6, 2, 3, 4, {0, fc_sdirect_ukr_avx2_1, fc_sdirect_ukr_avx2_2, 0, 0}, fc_swgrad_ukr_avx2,
      fc_swinograd_input_avx2, fc_swinograd_weights_avx2, fc_swinograd_grad_avx2, fc_swinograd_output_avx2,
      fc_sgemm_ukr_avx2_epilogue,
-     fc_smax_pool_values_avx2},
+     fc_smax_pool_values_avx2,
+     {0, fc_sgemm_ukr_avx2_1_ep, fc_sgemm_ukr_avx2_2_ep, 0, 0}},
     {6, 4, 2, 144, 256, 2048, {0, fc_dgemm_ukr_avx2_1, fc_dgemm_ukr_avx2_2, 0, 0},
      6, 2, 3, 4, {0, fc_ddirect_ukr_avx2_1, fc_ddirect_ukr_avx2_2, 0, 0}, fc_dwgrad_ukr_avx2,
      fc_dwinograd_input_avx2, fc_dwinograd_weights_avx2, fc_dwinograd_grad_avx2, fc_dwinograd_output_avx2,
      fc_dgemm_ukr_avx2_epilogue,
-     fc_dmax_pool_values_avx2},
+     fc_dmax_pool_values_avx2,
+     {0, fc_dgemm_ukr_avx2_1_ep, fc_dgemm_ukr_avx2_2_ep, 0, 0}},
 };

@@ -28,6 +28,8 @@ static inline __m512d maxn_pd(__m512d m, __m512d v) {
 #define VSET1(s) _mm512_set1_ps(s)
 #define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define VMUL(a, b) _mm512_mul_ps(a, b)
+#define VADD(a, b) _mm512_add_ps(a, b)
+#define VRELU(x) _mm512_max_ps(_mm512_setzero_ps(), x) /* NaN in x is returned: kept */
 #define UKR_NAME(v) fc_sgemm_ukr_avx512_##v
 #include "../ukernel_template.h"
 #define VHSUM(x) _mm512_reduce_add_ps(x)
@@ -66,6 +68,8 @@ static inline __m512d maxn_pd(__m512d m, __m512d v) {
 #define VSET1(s) _mm512_set1_pd(s)
 #define VFMA(a, b, c) _mm512_fmadd_pd(a, b, c)
 #define VMUL(a, b) _mm512_mul_pd(a, b)
+#define VADD(a, b) _mm512_add_pd(a, b)
+#define VRELU(x) _mm512_max_pd(_mm512_setzero_pd(), x)
 #define UKR_NAME(v) fc_dgemm_ukr_avx512_##v
 #include "../ukernel_template.h"
 #define VHSUM(x) _mm512_reduce_add_pd(x)
@@ -94,12 +98,14 @@ const fc_arch fc_arch_avx512 = {
      fc_swgrad_ukr_avx512,
      fc_swinograd_input_avx512, fc_swinograd_weights_avx512, fc_swinograd_grad_avx512, fc_swinograd_output_avx512,
      fc_sgemm_ukr_avx512_epilogue,
-     fc_smax_pool_values_avx512},
+     fc_smax_pool_values_avx512,
+     {0, fc_sgemm_ukr_avx512_1_ep, fc_sgemm_ukr_avx512_2_ep, fc_sgemm_ukr_avx512_3_ep, 0}},
     {8, 8, 3, 192, 256, 2048, {0, fc_dgemm_ukr_avx512_1, fc_dgemm_ukr_avx512_2, fc_dgemm_ukr_avx512_3, 0},
      6, 4, 6, 4,
      {0, fc_ddirect_ukr_avx512_1, fc_ddirect_ukr_avx512_2, fc_ddirect_ukr_avx512_3, fc_ddirect_ukr_avx512_4},
      fc_dwgrad_ukr_avx512,
      fc_dwinograd_input_avx512, fc_dwinograd_weights_avx512, fc_dwinograd_grad_avx512, fc_dwinograd_output_avx512,
      fc_dgemm_ukr_avx512_epilogue,
-     fc_dmax_pool_values_avx512},
+     fc_dmax_pool_values_avx512,
+     {0, fc_dgemm_ukr_avx512_1_ep, fc_dgemm_ukr_avx512_2_ep, fc_dgemm_ukr_avx512_3_ep, 0}},
 };

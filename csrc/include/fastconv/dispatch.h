@@ -14,6 +14,14 @@ typedef void (*fc_sgemm_ukr)(int64_t k, const float *FC_RESTRICT a, const float 
                              float *FC_RESTRICT c, int64_t rs_c, float alpha, float beta);
 typedef void (*fc_dgemm_ukr)(int64_t k, const double *FC_RESTRICT a, const double *FC_RESTRICT b,
                              double *FC_RESTRICT c, int64_t rs_c, double alpha, double beta);
+/* The same tile with the convolution's epilogue (gemm.h's fc_Xgemm_epilogue) applied in registers before C is
+ * stored (alpha 1): C = relu?((A B + beta C) * scale[r] + bias[r] + add[r][j]); scale, bias, add may be NULL. */
+typedef void (*fc_sgemm_ukr_ep)(int64_t k, const float *FC_RESTRICT a, const float *FC_RESTRICT b,
+                                float *FC_RESTRICT c, int64_t rs_c, float beta, const float *scale, const float *bias,
+                                const float *FC_RESTRICT add, int64_t rs_add, int relu);
+typedef void (*fc_dgemm_ukr_ep)(int64_t k, const double *FC_RESTRICT a, const double *FC_RESTRICT b,
+                                double *FC_RESTRICT c, int64_t rs_c, double beta, const double *scale,
+                                const double *bias, const double *FC_RESTRICT add, int64_t rs_add, int relu);
 
 /* Direct-convolution kernels (arch/direct_template.h): forward tile of dfb filters x v vectors of pixels, and
  * the weight gradient's tile of wfb filters x wtb taps. */
@@ -76,6 +84,7 @@ typedef struct fc_sgemm_kernel {
     fc_swino_output_ukr winograd_output;
     fc_sepilogue_ukr epilogue;
     fc_smax_pool_values_ukr max_pool_values;
+    fc_sgemm_ukr_ep ukr_ep[FC_MAX_NV + 1]; /* ukr[v] with the epilogue */
 } fc_sgemm_kernel;
 
 typedef struct fc_dgemm_kernel {
@@ -91,6 +100,7 @@ typedef struct fc_dgemm_kernel {
     fc_dwino_output_ukr winograd_output;
     fc_depilogue_ukr epilogue;
     fc_dmax_pool_values_ukr max_pool_values;
+    fc_dgemm_ukr_ep ukr_ep[FC_MAX_NV + 1];
 } fc_dgemm_kernel;
 
 typedef struct fc_arch {
