@@ -10,6 +10,9 @@
 
 /* Bytes of packed B that a small-M GEMM keeps in L2 (the L2 is 1 MiB on Zen 4, 2 MiB on Sapphire Rapids). */
 #define FC_GEMM_L2_BUDGET ((int64_t)768 * 1024)
+/* Largest B micro-panel (kc x nr) for which the tiles of a block run row panel by row panel (gemm_driver.inc):
+ * it must stay in L1 (32 KiB on Zen 4, 48 KiB on Sapphire Rapids) next to the A micro-panel. */
+#define FC_GEMM_L1_B_BYTES ((int64_t)24 * 1024)
 /* Up to this many rows of A, a B with contiguous columns and at least FC_GEMM_SMALL_M_MIN_B elements (where
  * transposing it into panels costs more than it saves) goes to dot products instead (gemm_small_m). */
 #define FC_GEMM_SMALL_M 8
