@@ -222,6 +222,42 @@ def test_direct_kernels(arch, nthreads, direct_mode, case):
     run_case(x_shape, w_shape, geometry)
 
 
+# The broadcast direct forward (filters in the vector lanes) on every geometry it can take when forced: strides
+# that differ per axis, dilation, padding, more channels, filters that are not whole vectors (1..bnv of them: 16
+# filters per vector on AVX-512, 8 on AVX2, 1 portable), rows not a multiple of its pixel tile; the input gradient
+# runs through it too (a flipped forward convolution).
+BROADCAST_CASES = {
+    "first_layer": ((3, 3, 23, 21), (64, 3, 7, 7), dict(stride=2, padding=3)),
+    "filters_not_vectors": ((2, 2, 11, 13), (37, 2, 3, 5), dict(stride=(2, 3), padding=(1, 2))),
+    "dilation": ((1, 4, 15, 14), (20, 4, 3, 3), dict(dilation=2, padding=1)),
+    "one_filter": ((2, 3, 8, 9), (1, 3, 2, 2), dict()),
+    "many_filters": ((1, 1, 9, 7), (70, 1, 5, 5), dict(padding=2)),
+}
+
+
+@pytest.mark.parametrize("case", list(BROADCAST_CASES))
+def test_broadcast_direct_kernels(arch, nthreads, case):
+    x_shape, w_shape, geometry = BROADCAST_CASES[case]
+    previous = _C.conv2d_broadcast_mode("always")
+    try:
+        pair = lambda v: v if isinstance(v, tuple) else (v, v)
+        g = {**dict(stride=1, padding=0, dilation=1), **geometry}
+        assert _C.conv2d_forward_path(x_shape, w_shape, pair(g["stride"]), pair(g["padding"]), pair(g["dilation"]),
+                                      1, 4) in ("broadcast", "winograd")
+        run_case(x_shape, w_shape, geometry)
+    finally:
+        _C.conv2d_broadcast_mode(previous)
+
+
+def test_broadcast_auto_choice():
+    """Auto: few channels and many filters (the first layers of GoogLeNet and ResNet), groups 1."""
+    path = lambda x, w, s=(2, 2), p=(3, 3), g=1: _C.conv2d_forward_path(x, w, s, p, (1, 1), g, 4)
+    assert path((8, 3, 224, 224), (64, 3, 7, 7)) == "broadcast"
+    assert path((8, 3, 224, 224), (16, 3, 7, 7)) != "broadcast"   # few filters
+    assert path((8, 16, 56, 56), (64, 16, 7, 7)) != "broadcast"   # many channels
+    assert path((8, 4, 56, 56), (64, 2, 7, 7), g=2) != "broadcast"
+
+
 @pytest.fixture(params=["wide", "lanes"])
 def direct_layout(request):
     """The direct forward on each pixel layout: padded rows of one image, or one image per vector lane."""
@@ -453,7 +489,8 @@ def test_winograd_auto_choice():
     (_C.conv2d_input_grad_method, "flipped", "winograd", "method must be one of"),
     (_C.conv2d_winograd_mode, "never", True, "mode must be one of"),
     (_C.conv2d_direct_layout, "lanes", "rows", "layout must be one of"),
-], ids=["direct_mode", "input_grad_method", "winograd_mode", "direct_layout"])
+    (_C.conv2d_broadcast_mode, "never", "sometimes", "mode must be one of"),
+], ids=["direct_mode", "input_grad_method", "winograd_mode", "direct_layout", "broadcast_mode"])
 def test_path_settings(setting, value, bad, message):
     """Each process-wide path setting: "auto" by default, returns the previous value, rejects others."""
     previous = setting()
@@ -735,14 +772,15 @@ def test_zero_size_batch(arch, nthreads, dtype):
 # tile (per image, im2col or pointwise), the scatter of batched small images, the direct kernels' copy-out, the
 # Winograd output transform (and the rearranged layers that run on it).
 FUSED_CASES = {
-    "gemm_large_im2col": ((2, 3, 50, 50), (150, 3, 3, 3), dict(stride=1, padding=1), "gemm"),
-    "gemm_large_im2col_n1": ((1, 3, 50, 50), (150, 3, 3, 3), dict(stride=1, padding=1), "gemm"),
+    "gemm_large_im2col": ((2, 8, 50, 50), (150, 8, 3, 3), dict(stride=1, padding=1), "gemm"),
+    "gemm_large_im2col_n1": ((1, 8, 50, 50), (150, 8, 3, 3), dict(stride=1, padding=1), "gemm"),
     "gemm_large_pointwise_groups": ((3, 8, 48, 48), (6, 4, 1, 1), dict(groups=2), "gemm"),
     "gemm_pointwise_edge_tiles": ((1, 70, 47, 45), (37, 70, 1, 1), dict(), "gemm"),
     # deeper than every kernel set's kc (256 or 384): the tile's last depth block adds to C, then the epilogue
     "gemm_pointwise_deep": ((2, 400, 24, 24), (20, 400, 1, 1), dict(), "gemm"),
     "gemm_batched_small": ((9, 5, 9, 9), (20, 5, 3, 2), dict(stride=(2, 1), padding=(1, 0)), "gemm"),
     "direct": ((4, 6, 14, 14), (16, 6, 5, 5), dict(), "direct"),
+    "broadcast": ((2, 3, 30, 29), (40, 3, 7, 7), dict(stride=2, padding=3), "broadcast"),
     "winograd": ((3, 16, 11, 9), (40, 16, 3, 3), dict(padding=1), "winograd"),
     "rearranged_strided": ((2, 3, 39, 39), (96, 3, 11, 11), dict(stride=4), "winograd"),
     "rearranged_shifts": ((2, 32, 9, 8), (130, 32, 5, 5), dict(padding=2), "winograd"),
