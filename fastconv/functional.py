@@ -182,20 +182,12 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, s
     x, weight, bias, stride, padding, dilation, groups, out_shape = _conv_args(
         x, weight, bias, stride, padding, dilation, groups)
     if scale is not None:
-        scale = _as_float_array(scale, "scale")
-        if scale.shape != (out_shape[1],):
-            raise ValueError(f"scale must have shape ({out_shape[1]},) for weight {weight.shape}, got {scale.shape}")
-        if scale.dtype != x.dtype:
-            raise TypeError(f"scale dtype {scale.dtype} differs from x dtype {x.dtype}")
-        scale = np.ascontiguousarray(scale)
+        scale = _operand_like(scale, "scale", (out_shape[1],), x.dtype, lambda got: (
+            f"scale must have shape ({out_shape[1]},) for weight {weight.shape}, got {got}"))
     if residual is not None:
-        residual = _as_float_array(residual, "residual")
-        if residual.shape != out_shape:
-            raise ValueError(f"residual has shape {residual.shape}, expected the output's {out_shape} for x "
-                             f"{x.shape} and weight {weight.shape}")
-        if residual.dtype != x.dtype:
-            raise TypeError(f"residual dtype {residual.dtype} differs from x dtype {x.dtype}")
-        residual = np.ascontiguousarray(residual)
+        residual = _operand_like(residual, "residual", out_shape, x.dtype, lambda got: (
+            f"residual has shape {got}, expected the output's {out_shape} for x {x.shape} and weight "
+            f"{weight.shape}"))
     if out is None:
         y = np.empty(out_shape, dtype=x.dtype)
     else:
@@ -203,6 +195,17 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, s
     _C.conv2d_forward(np.ascontiguousarray(x), y, np.ascontiguousarray(weight), bias, stride, padding, dilation,
                       groups, residual, bool(relu), scale)
     return y
+
+
+def _operand_like(a, name, shape, dtype, shape_message):
+    """An extra operand of a convolution (dy, scale, residual) as a contiguous float array of `shape` and x's
+    dtype; shape_message(got) words the ValueError."""
+    a = _as_float_array(a, name)
+    if a.shape != shape:
+        raise ValueError(shape_message(a.shape))
+    if a.dtype != dtype:
+        raise TypeError(f"{name} dtype {a.dtype} differs from x dtype {dtype}")
+    return np.ascontiguousarray(a)
 
 
 def _conv_out(out, shape, dtype, dense):
@@ -242,13 +245,8 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
     """
     x, weight, _, stride, padding, dilation, groups, out_shape = _conv_args(
         x, weight, None, stride, padding, dilation, groups)
-    dy = _as_float_array(dy, "dy")
-    if dy.shape != out_shape:
-        raise ValueError(f"dy has shape {dy.shape}, expected {out_shape} for x {x.shape} and weight "
-                         f"{weight.shape}")
-    if dy.dtype != x.dtype:
-        raise TypeError(f"dy dtype {dy.dtype} differs from x dtype {x.dtype}")
-    dy = np.ascontiguousarray(dy)
+    dy = _operand_like(dy, "dy", out_shape, x.dtype, lambda got: (
+        f"dy has shape {got}, expected {out_shape} for x {x.shape} and weight {weight.shape}"))
     weight_c = np.ascontiguousarray(weight)
     dx = dw = db = None
     if need_input_grad:
