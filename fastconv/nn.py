@@ -14,9 +14,11 @@ Every module holds
 and the flag ``need_input_grad``: when False, backward skips the input gradient and returns None (the first layer
 of a network never needs it during training).
 
-Inference: inside ``with fastconv.no_grad():`` forward keeps nothing for backward, and a Sequential in eval mode
-folds each BatchNorm2d that follows a Conv2d into the convolution and applies a ReLU in place on an output it
-made itself (ResNet-50, batch 8: two memory passes and two fresh arrays fewer per conv + BN + ReLU).
+Inference: inside ``with fastconv.no_grad():`` forward keeps nothing for backward, and containers fuse layers into
+the convolution kernels' epilogue (each output written once, while it is in cache): a Conv2d with the eval-mode
+BatchNorm2d and the ReLU after it, a Residual's add and the ReLU after it into the body's last convolution, and
+each inception branch of a Concat writing its own channels of the output; other ReLUs run in place on arrays
+made there.
 """
 import threading
 
