@@ -162,7 +162,7 @@ int fc_conv2d_set_direct_layout(int layout) {
 
 int fc_conv2d_direct_layout(void) { return direct_layout; }
 
-int fc_conv2d_direct_lanes(const fc_conv2d_desc *d, int vl, int64_t elem_size) {
+int fc_conv2d_direct_lanes(const fc_conv2d_desc *d, int vl) {
     fc_direct_grid g;
     int64_t stage;
     if (direct_layout == FC_CONV_DIRECT_LAYOUT_WIDE || fc_direct_grid_init(&g, d, vl) != FC_OK) return 0;
@@ -172,7 +172,6 @@ int fc_conv2d_direct_lanes(const fc_conv2d_desc *d, int vl, int64_t elem_size) {
     /* useful fraction of the computed pixels: wide oh*ow / qv, lanes n / (n rounded up to vl); lanes pays for
      * interleaving the input and the output, so it must win clearly */
     int64_t lanes_total = (d->n + vl - 1) / vl * vl;
-    (void)elem_size;
     return 10 * d->n * g.qv > 12 * d->oh * d->ow * lanes_total;
 }
 

@@ -688,10 +688,14 @@ class Concat(Module):
         for name, b in named_branches.items():
             self.add_child(name, b)
 
-    def output_shape(self, input_shape):
+    def _branch_shapes(self, input_shape):
         shapes = [b.output_shape(input_shape) for b in self.children.values()]
         if any(s[0] != shapes[0][0] or s[2:] != shapes[0][2:] for s in shapes):
             raise ValueError(f"Concat branches disagree outside the channel axis: {shapes}")
+        return shapes
+
+    def output_shape(self, input_shape):
+        shapes = self._branch_shapes(input_shape)
         return (shapes[0][0], sum(s[1] for s in shapes)) + tuple(shapes[0][2:])
 
     def forward(self, x):
@@ -706,10 +710,11 @@ class Concat(Module):
         the slice), instead of a concatenation copying them all once more."""
         if x.ndim != 4:
             return np.concatenate([b.forward(x) for b in self.children.values()], axis=1)
-        y = np.empty(self.output_shape(x.shape), dtype=x.dtype)
+        shapes = self._branch_shapes(x.shape)
+        y = np.empty((shapes[0][0], sum(s[1] for s in shapes)) + tuple(shapes[0][2:]), dtype=x.dtype)
         self._sizes, c0 = [], 0
-        for b in self.children.values():
-            c1 = c0 + b.output_shape(x.shape)[1]
+        for b, shape in zip(self.children.values(), shapes):
+            c1 = c0 + shape[1]
             part = y[:, c0:c1]
             if type(b) is Sequential:
                 b._forward_fused(x, out=part)

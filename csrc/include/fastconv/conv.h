@@ -74,7 +74,7 @@ int fc_conv2d_bcast_mode(void);
 int fc_conv2d_use_bcast(const fc_conv2d_desc *d);
 
 /* Whether layer d (on the direct path) runs its forward with images in the lanes of vectors of vl elements. */
-int fc_conv2d_direct_lanes(const fc_conv2d_desc *d, int vl, int64_t elem_size);
+int fc_conv2d_direct_lanes(const fc_conv2d_desc *d, int vl);
 
 /* Winograd F(2x2, 3x3) (winograd_impl.inc) for 3x3, stride-1, undilated layers, forward (and so the input
  * gradient when it runs as a flipped forward convolution). Process-wide, for tests:
