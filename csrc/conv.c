@@ -107,21 +107,32 @@ int fc_conv2d_direct_mode(void) { return direct_mode; }
 
 /* The wide pixel grid of arch/direct_template.h for layer d and vector length vl. */
 typedef struct fc_direct_grid {
-    int64_t hp, wp, plane; /* padded input plane */
-    int64_t qv;            /* wide-grid pixels computed: (oh-1)*wp + ow rounded up to vl */
-    int64_t slack;         /* zeros after the last plane, read by the last vectors */
-    int64_t stage_images;  /* images per staged batch of the weight gradient */
+    int64_t hp, wp;       /* padded input plane */
+    int64_t hq, wq;       /* one phase plane of it: ceil(hp / sh) x ceil(wp / sw); wq is the wide grid's row stride */
+    int64_t phase, plane; /* hq * wq values per phase plane, sh * sw phase planes per channel */
+    int64_t qv;           /* wide-grid pixels computed: (oh-1)*wq + ow rounded up to vl */
+    int64_t slack;        /* zeros after the last plane, read by the last vectors */
+    int64_t stage_images; /* images per staged batch of the weight gradient */
 } fc_direct_grid;
 
-/* FC_ERR_OVERFLOW when the padded image is too large for the direct path (it is meant for small ones). */
+/* A strided layer is made a stride-1 one by splitting each padded channel into its sh * sw phases,
+ *     phase (a, b) at (r, j) = xpad(r sh + a, j sw + b),
+ * each a plane of hq x wq values: the tap (ki, kj) of output (oy, ox) reads phase (ki dh % sh, kj dw % sw) at
+ * (oy + ki dh / sh, ox + kj dw / sw), one offset per tap on the wide grid of row stride wq again. (Those indices
+ * stay inside the phase plane: (oy sh + ki dh) / sh <= (hp - 1) / sh < hq.) At stride 1 there is one phase, the
+ * padded plane itself.
+ * FC_ERR_OVERFLOW when the padded image is too large for the direct path (it is meant for small ones). */
 static int fc_direct_grid_init(fc_direct_grid *g, const fc_conv2d_desc *d, int vl) {
     int64_t cg = d->c / d->groups, fg = d->f / d->groups, stage;
     g->hp = d->h + 2 * d->ph; /* both checked by fc_conv2d_prepare */
     g->wp = d->w + 2 * d->pw;
-    if (fc_mul_overflow(g->hp, g->wp, &g->plane) || fc_mul_overflow(g->plane, cg, &stage) ||
+    g->hq = (g->hp + d->sh - 1) / d->sh;
+    g->wq = (g->wp + d->sw - 1) / d->sw;
+    if (fc_mul_overflow(g->hq, g->wq, &g->phase) || fc_mul_overflow(g->phase, d->sh, &g->plane) ||
+        fc_mul_overflow(g->plane, d->sw, &g->plane) || fc_mul_overflow(g->plane, cg, &stage) ||
         stage > FC_DIRECT_MAX_STAGE)
         return FC_ERR_OVERFLOW;
-    g->qv = ((d->oh - 1) * g->wp + d->ow + vl - 1) / vl * vl;
+    g->qv = ((d->oh - 1) * g->wq + d->ow + vl - 1) / vl * vl;
     g->slack = vl;
     /* the gradient's wide rows, fg rounded up to any weight-gradient tile height (<= 16) */
     int64_t rows, per_image;
@@ -133,7 +144,7 @@ static int fc_direct_grid_init(fc_direct_grid *g, const fc_conv2d_desc *d, int v
     return FC_OK;
 }
 
-/* Whether layer d runs on the direct kernels. They need stride 1 and a small padded image. Measured against the
+/* Whether layer d runs on the direct kernels. They need a small padded image. Stride 1, measured against the
  * GEMM path (1 thread, forward / input grad / weight grad): 1.6-4x faster on LeNet's layers, 1.1-1.4x on 3x3
  * layers of 32 to 128 filters whose padded input stays within about half the L2 cache (ResNet's 64 at 56x56 and
  * 128 at 28x28); no faster at 256 filters, slower at 384-512 (AlexNet conv3, VGG conv5) and when one image's padded
@@ -141,12 +152,18 @@ static int fc_direct_grid_init(fc_direct_grid *g, const fc_conv2d_desc *d, int v
  * the kernel's filter block; 1x1 layers run 0.67x (GoogLeNet's 192->64). */
 #define FC_DIRECT_MAX_FILTERS 128
 #define FC_DIRECT_MAX_IMAGE_BYTES ((int64_t)1 << 20)
+#define FC_STRIDED_DIRECT_MAX_CHANNELS 4
 static int fc_conv2d_use_direct(const fc_conv2d_desc *d, int vl, int64_t elem_size) {
     fc_direct_grid g;
-    if (direct_mode == FC_CONV_DIRECT_NEVER || d->sh != 1 || d->sw != 1) return 0;
-    if (fc_direct_grid_init(&g, d, vl) != FC_OK) return 0;
+    if (direct_mode == FC_CONV_DIRECT_NEVER || fc_direct_grid_init(&g, d, vl) != FC_OK) return 0;
     if (direct_mode == FC_CONV_DIRECT_ALWAYS) return 1;
     int64_t fg = d->f / d->groups;
+    /* strided layers (on their phase planes) only with a network's first-layer shape: measured at batch 8,
+     * 1 thread, forward / weight gradient against the GEMM path, 3 -> 64 7x7 stride 2 (GoogLeNet, ResNet) at 224
+     * runs 1.47x / 1.50x; 3 -> 96 7x7 stride 2 pad 1 1.0x / 1.19x; but with many channels the direct forward
+     * loses (64 -> 128 3x3 stride 2 at 56: 0.67x) */
+    if ((d->sh != 1 || d->sw != 1) && (d->c / d->groups > FC_STRIDED_DIRECT_MAX_CHANNELS || d->kh * d->kw < 9))
+        return 0;
     if (d->kh == 1 && d->kw == 1) return 0; /* 1x1: the GEMM path reads the image as is, nothing to gain */
     if (2 * d->oh * d->ow < g.qv) return 0;  /* mostly dropped wide-grid columns (LeNet's C5: 1 pixel of 16) */
     return fg >= 2 && fg <= FC_DIRECT_MAX_FILTERS && d->c / d->groups * g.plane * elem_size <= FC_DIRECT_MAX_IMAGE_BYTES;
@@ -165,7 +182,9 @@ int fc_conv2d_direct_layout(void) { return direct_layout; }
 int fc_conv2d_direct_lanes(const fc_conv2d_desc *d, int vl) {
     fc_direct_grid g;
     int64_t stage;
-    if (direct_layout == FC_CONV_DIRECT_LAYOUT_WIDE || fc_direct_grid_init(&g, d, vl) != FC_OK) return 0;
+    /* lanes stage whole padded rows: stride 1 only */
+    if (direct_layout == FC_CONV_DIRECT_LAYOUT_WIDE || d->sh != 1 || d->sw != 1 || fc_direct_grid_init(&g, d, vl) != FC_OK)
+        return 0;
     /* the staged group of vl images must stay as small as the wide path's one image */
     if (fc_mul_overflow(g.plane * (d->c / d->groups), vl, &stage) || stage > FC_DIRECT_MAX_STAGE) return 0;
     if (direct_layout == FC_CONV_DIRECT_LAYOUT_LANES) return 1;
@@ -233,9 +252,9 @@ int fc_conv2d_forward_path(const fc_context *ctx, const fc_conv2d_desc *d, int64
     fc_conv2d_desc d2;
     int64_t step;
     if (fc_conv2d_use_winograd(d) || fc_conv2d_rearranged(d, &d2, &step)) return FC_CONV_PATH_WINOGRAD;
-    if (fc_conv2d_use_bcast(d)) return FC_CONV_PATH_BCAST;
     int vl = elem_size == (int64_t)sizeof(float) ? ctx->arch->s.vl : ctx->arch->d.vl;
     if (d->n > 0 && fc_conv2d_use_direct(d, vl, elem_size)) return FC_CONV_PATH_DIRECT;
+    if (fc_conv2d_use_bcast(d)) return FC_CONV_PATH_BCAST;
     return FC_CONV_PATH_GEMM;
 }
 

@@ -172,9 +172,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, s
     (2.25x fewer multiplications; workspace: the transformed weights, 16 x F x C/groups elements, plus per thread
     16 x (C + F)/groups x about 96 tiles); strided layers whose kernel spans 3 strides (AlexNet's 11x11 stride 4)
     run the same way after rearranging the input phase by phase into a stride-1 layer on C*stride**2 channels
-    (workspace: one rearranged copy of the input and of the weights); other stride-1 layers with few filters per group and a small image run
-    direct-convolution kernels on a zero-padded copy of one image per thread (at most 4M elements, plus the
-    packed weights); the others run the GEMM with operands packed straight from the image (no im2col matrix),
+    (workspace: one rearranged copy of the input and of the weights); other stride-1 layers with few filters per group and a small image,
+    and strided first layers (<= 4 channels per group, kernels of >= 9 taps), run direct-convolution kernels on a
+    zero-padded copy of one image per thread split into its stride phases (at most 4M elements, plus the packed
+    weights); the others run the GEMM with operands packed straight from the image (no im2col matrix),
     whose workspace is the packing buffers, at most (mc*kc + kc*nc) elements per thread (about 7 MiB in float32
     with AVX-512). Winograd's rounding error is within a small multiple of the direct sum's
     (``fastconv.testing.conv2d_winograd_bound``).

@@ -129,7 +129,7 @@ def conv_problems(draw):
 
 @pytest.fixture(params=["never", "always"])
 def direct_mode(request):
-    """Run stride-1 layers on the GEMM path, then on the direct kernels (the default picks per layer)."""
+    """Run layers on the GEMM path, then on the direct kernels (the default picks per layer)."""
     previous = _C.conv2d_direct_mode(request.param)
     yield request.param
     _C.conv2d_direct_mode(previous)
@@ -213,13 +213,34 @@ DIRECT_CASES = {
     "groups_dilation": ((4, 6, 15, 12), (10, 3, 3, 3), dict(padding=2, dilation=2, groups=2)),
     "single_pixel_rows": ((3, 2, 5, 1), (5, 2, 3, 1), dict(padding=(1, 0))),
     "many_images_staged": ((70, 4, 20, 20), (12, 4, 3, 3), dict(padding=1)),
+    # strided layers on their phase planes: rows of one full vector and a partial one (ow = 23), strides and
+    # dilations that differ per axis, groups, and a single image whose rows are split over the threads
+    "strided_first_layer": ((3, 3, 23, 45), (20, 3, 7, 7), dict(stride=2, padding=3)),
+    "strided_unequal_dilated": ((2, 2, 19, 40), (7, 2, 3, 4), dict(stride=(3, 2), padding=(1, 2), dilation=(2, 1))),
+    "strided_groups": ((2, 4, 17, 35), (6, 2, 5, 3), dict(stride=(2, 3), padding=(2, 1), groups=2)),
+    "strided_one_image": ((1, 3, 30, 70), (12, 3, 7, 7), dict(stride=2, padding=3)),
 }
 
 
 @pytest.mark.parametrize("case", list(DIRECT_CASES))
 def test_direct_kernels(arch, nthreads, direct_mode, case):
     x_shape, w_shape, geometry = DIRECT_CASES[case]
+    g = {**dict(stride=1, padding=0, dilation=1, groups=1), **geometry}
+    pair = lambda v: v if isinstance(v, tuple) else (v, v)
+    path = _C.conv2d_forward_path(x_shape, w_shape, pair(g["stride"]), pair(g["padding"]), pair(g["dilation"]),
+                                  g["groups"], 4)
+    assert path == ("gemm" if direct_mode == "never" else "direct")
     run_case(x_shape, w_shape, geometry)
+
+
+def test_strided_direct_auto_choice():
+    """Auto takes strided layers to the direct kernels only with a first layer's few channels and a kernel of at
+    least 3x3."""
+    path = lambda x, w, s=(2, 2), p=(3, 3), g=1: _C.conv2d_forward_path(x, w, s, p, (1, 1), g, 4)
+    assert path((8, 3, 224, 224), (64, 3, 7, 7)) == "direct"
+    assert path((8, 64, 56, 56), (128, 64, 3, 3), p=(1, 1)) == "gemm"  # many channels
+    assert path((8, 3, 56, 56), (64, 3, 1, 1), p=(0, 0)) == "gemm"     # 1x1
+    assert path((8, 3, 224, 224), (200, 3, 7, 7)) != "direct"          # more filters than the direct kernels take
 
 
 # The broadcast direct forward (filters in the vector lanes) on every geometry it can take when forced: strides
@@ -239,6 +260,7 @@ BROADCAST_CASES = {
 def test_broadcast_direct_kernels(arch, nthreads, case):
     x_shape, w_shape, geometry = BROADCAST_CASES[case]
     previous = _C.conv2d_broadcast_mode("always")
+    previous_direct = _C.conv2d_direct_mode("never")
     try:
         pair = lambda v: v if isinstance(v, tuple) else (v, v)
         g = {**dict(stride=1, padding=0, dilation=1), **geometry}
@@ -247,12 +269,13 @@ def test_broadcast_direct_kernels(arch, nthreads, case):
         run_case(x_shape, w_shape, geometry)
     finally:
         _C.conv2d_broadcast_mode(previous)
+        _C.conv2d_direct_mode(previous_direct)
 
 
 def test_broadcast_auto_choice():
-    """Auto: few channels and many filters (the first layers of GoogLeNet and ResNet), groups 1."""
+    """Auto: few channels and more filters than the direct kernels take, groups 1."""
     path = lambda x, w, s=(2, 2), p=(3, 3), g=1: _C.conv2d_forward_path(x, w, s, p, (1, 1), g, 4)
-    assert path((8, 3, 224, 224), (64, 3, 7, 7)) == "broadcast"
+    assert path((8, 3, 224, 224), (200, 3, 7, 7)) == "broadcast"
     assert path((8, 3, 224, 224), (16, 3, 7, 7)) != "broadcast"   # few filters
     assert path((8, 16, 56, 56), (64, 16, 7, 7)) != "broadcast"   # many channels
     assert path((8, 4, 56, 56), (64, 2, 7, 7), g=2) != "broadcast"
@@ -780,7 +803,9 @@ FUSED_CASES = {
     "gemm_pointwise_deep": ((2, 400, 24, 24), (20, 400, 1, 1), dict(), "gemm"),
     "gemm_batched_small": ((9, 5, 9, 9), (20, 5, 3, 2), dict(stride=(2, 1), padding=(1, 0)), "gemm"),
     "direct": ((4, 6, 14, 14), (16, 6, 5, 5), dict(), "direct"),
-    "broadcast": ((2, 3, 30, 29), (40, 3, 7, 7), dict(stride=2, padding=3), "broadcast"),
+    "direct_strided": ((2, 3, 30, 37), (20, 3, 7, 7), dict(stride=2, padding=3), "direct"),
+    "direct_strided_n1": ((1, 3, 30, 37), (20, 3, 7, 7), dict(stride=2, padding=3), "direct"),
+    "broadcast": ((2, 3, 30, 29), (130, 3, 7, 7), dict(stride=2, padding=3), "broadcast"),
     "winograd": ((3, 16, 11, 9), (40, 16, 3, 3), dict(padding=1), "winograd"),
     "rearranged_strided": ((2, 3, 39, 39), (96, 3, 11, 11), dict(stride=4), "winograd"),
     "rearranged_shifts": ((2, 32, 9, 8), (130, 32, 5, 5), dict(padding=2), "winograd"),
