@@ -214,11 +214,13 @@ DIRECT_CASES = {
     "single_pixel_rows": ((3, 2, 5, 1), (5, 2, 3, 1), dict(padding=(1, 0))),
     "many_images_staged": ((70, 4, 20, 20), (12, 4, 3, 3), dict(padding=1)),
     # strided layers on their phase planes: rows of one full vector and a partial one (ow = 23), strides and
-    # dilations that differ per axis, groups, and a single image whose rows are split over the threads
+    # dilations that differ per axis, groups, and single images whose rows (long rows: ow = 70) or filter blocks
+    # (rows shorter than a kernel's tile on AVX-512: ow = 35) are split over the threads
     "strided_first_layer": ((3, 3, 23, 45), (20, 3, 7, 7), dict(stride=2, padding=3)),
     "strided_unequal_dilated": ((2, 2, 19, 40), (7, 2, 3, 4), dict(stride=(3, 2), padding=(1, 2), dilation=(2, 1))),
     "strided_groups": ((2, 4, 17, 35), (6, 2, 5, 3), dict(stride=(2, 3), padding=(2, 1), groups=2)),
     "strided_one_image": ((1, 3, 30, 70), (12, 3, 7, 7), dict(stride=2, padding=3)),
+    "strided_one_image_long_rows": ((1, 3, 12, 140), (12, 3, 7, 7), dict(stride=2, padding=3)),
 }
 
 
