@@ -89,6 +89,22 @@ int fc_dgemm_b_packed_epilogue(const fc_context *ctx, int64_t m, int64_t n, int6
                                int64_t rs_a, int64_t cs_a, const void *b_src, fc_dpack_b_fn pack_b, double *c,
                                int64_t rs_c, const fc_dgemm_epilogue *ep);
 
+/* A packed once for many GEMMs with the same A (a convolution's weights, image after image): the number of
+ * elements fc_Xgemm_pack_a writes for an m x k A (-1 on overflow), the packing, and the GEMM with the epilogue
+ * that takes it. The packing is the kernel set's of ctx: it must be the same in both calls. */
+int64_t fc_sgemm_packed_a_elems(const fc_context *ctx, int64_t m, int64_t k);
+int64_t fc_dgemm_packed_a_elems(const fc_context *ctx, int64_t m, int64_t k);
+void fc_sgemm_pack_a(const fc_context *ctx, int64_t m, int64_t k, const float *a, int64_t rs_a, int64_t cs_a,
+                     float *dst);
+void fc_dgemm_pack_a(const fc_context *ctx, int64_t m, int64_t k, const double *a, int64_t rs_a, int64_t cs_a,
+                     double *dst);
+int fc_sgemm_prepacked_epilogue(const fc_context *ctx, int64_t m, int64_t n, int64_t k, const float *a_packed,
+                                const void *b_src, fc_spack_b_fn pack_b, float *c, int64_t rs_c,
+                                const fc_sgemm_epilogue *ep);
+int fc_dgemm_prepacked_epilogue(const fc_context *ctx, int64_t m, int64_t n, int64_t k, const double *a_packed,
+                                const void *b_src, fc_dpack_b_fn pack_b, double *c, int64_t rs_c,
+                                const fc_dgemm_epilogue *ep);
+
 /* Naive triple loop, the oracle the tests and the packed driver's edge handling can be checked against. */
 void fc_sgemm_naive(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t rs_a, int64_t cs_a,
                     const float *b, int64_t rs_b, int64_t cs_b, float beta, float *c, int64_t rs_c, int64_t cs_c);
