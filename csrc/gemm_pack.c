@@ -16,14 +16,15 @@
 #include <emmintrin.h>
 #endif
 
+#include "fastconv/dispatch.h"
 #include "fastconv/gemm.h"
 
 /* Both packings that interleave rows (A's mr rows; the weight gradient's transposed im2col) come down to a
  * transpose, done 4x4 (float) or 2x2 (double) at a time with SSE2 shuffles, part of every x86-64, elsewhere
  * element by element. Against strided scalar stores this cut the ResNet 3x3 weight gradient's packing from
  * ~30 % of its time to ~17 % (perf, 1 thread). */
-void fc_stranspose(const float *FC_RESTRICT src, int64_t rows, int64_t cols, int64_t lds,
-                        float *FC_RESTRICT dst, int64_t ldd) {
+void fc_stranspose_portable(const float *FC_RESTRICT src, int64_t rows, int64_t cols, int64_t lds,
+                            float *FC_RESTRICT dst, int64_t ldd) {
     int64_t r0 = 0;
 #if defined(__SSE2__)
     for (; r0 + 4 <= rows; r0 += 4) {
@@ -46,8 +47,8 @@ void fc_stranspose(const float *FC_RESTRICT src, int64_t rows, int64_t cols, int
         for (int64_t c = 0; c < cols; c++) dst[c * ldd + r] = src[r * lds + c];
 }
 
-void fc_dtranspose(const double *FC_RESTRICT src, int64_t rows, int64_t cols, int64_t lds,
-                        double *FC_RESTRICT dst, int64_t ldd) {
+void fc_dtranspose_portable(const double *FC_RESTRICT src, int64_t rows, int64_t cols, int64_t lds,
+                            double *FC_RESTRICT dst, int64_t ldd) {
     int64_t r0 = 0;
 #if defined(__SSE2__)
     for (; r0 + 2 <= rows; r0 += 2) {
@@ -66,6 +67,15 @@ void fc_dtranspose(const double *FC_RESTRICT src, int64_t rows, int64_t cols, in
         for (int64_t c = 0; c < cols; c++) dst[c * ldd + r] = src[r * lds + c];
 }
 
+void fc_stranspose(const float *FC_RESTRICT src, int64_t rows, int64_t cols, int64_t lds, float *FC_RESTRICT dst,
+                   int64_t ldd) {
+    fc_arch_current()->s.transpose(src, rows, cols, lds, dst, ldd);
+}
+
+void fc_dtranspose(const double *FC_RESTRICT src, int64_t rows, int64_t cols, int64_t lds,
+                   double *FC_RESTRICT dst, int64_t ldd) {
+    fc_arch_current()->d.transpose(src, rows, cols, lds, dst, ldd);
+}
 
 #define FC_DEFINE_PACK(T, PFX)                                                                                     \
     void fc_##PFX##pack_b_strided(const void *src, int64_t k0, int64_t kc, int64_t j0, int64_t nc, int nr, int vl, \

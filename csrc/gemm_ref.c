@@ -178,7 +178,8 @@ const fc_arch fc_arch_ref = {
      fc_sgemm_ukr_ref_epilogue,
      fc_smax_pool_values_ref,
      {0, fc_sgemm_ukr_ref_1_ep, fc_sgemm_ukr_ref_2_ep, fc_sgemm_ukr_ref_3_ep, fc_sgemm_ukr_ref_4_ep},
-     4, 4, {0, fc_sbcast_ukr_ref_1, fc_sbcast_ukr_ref_2, fc_sbcast_ukr_ref_3, fc_sbcast_ukr_ref_4}},
+     4, 4, {0, fc_sbcast_ukr_ref_1, fc_sbcast_ukr_ref_2, fc_sbcast_ukr_ref_3, fc_sbcast_ukr_ref_4},
+     fc_stranspose_portable},
     {4, 1, 4, 128, 256, 2048,
      {0, fc_dgemm_ukr_ref_1, fc_dgemm_ukr_ref_2, fc_dgemm_ukr_ref_3, fc_dgemm_ukr_ref_4},
      4, 4, 4, 4, {0, fc_ddirect_ukr_ref_1, fc_ddirect_ukr_ref_2, fc_ddirect_ukr_ref_3, fc_ddirect_ukr_ref_4},
@@ -187,5 +188,6 @@ const fc_arch fc_arch_ref = {
      fc_dgemm_ukr_ref_epilogue,
      fc_dmax_pool_values_ref,
      {0, fc_dgemm_ukr_ref_1_ep, fc_dgemm_ukr_ref_2_ep, fc_dgemm_ukr_ref_3_ep, fc_dgemm_ukr_ref_4_ep},
-     4, 4, {0, fc_dbcast_ukr_ref_1, fc_dbcast_ukr_ref_2, fc_dbcast_ukr_ref_3, fc_dbcast_ukr_ref_4}},
+     4, 4, {0, fc_dbcast_ukr_ref_1, fc_dbcast_ukr_ref_2, fc_dbcast_ukr_ref_3, fc_dbcast_ukr_ref_4},
+     fc_dtranspose_portable},
 };

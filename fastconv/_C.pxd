@@ -52,6 +52,8 @@ cdef extern from "fastconv/dispatch.h" nogil:
     fc_context fc_context_default()
 
 cdef extern from "fastconv/gemm.h" nogil:
+    void fc_stranspose(const float *src, int64_t rows, int64_t cols, int64_t lds, float *dst, int64_t ldd)
+    void fc_dtranspose(const double *src, int64_t rows, int64_t cols, int64_t lds, double *dst, int64_t ldd)
     int fc_sgemm(const fc_context *ctx, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
                  int64_t rs_a, int64_t cs_a, const float *b, int64_t rs_b, int64_t cs_b, float beta, float *c,
                  int64_t rs_c, int64_t cs_c)

@@ -41,3 +41,20 @@ def gemm_naive(const real[:, :] a, const real[:, :] b, real[:, :] c, real alpha,
         else:
             fc_dgemm_naive(m, n, k, alpha, pa, a.strides[0] // isz, a.strides[1] // isz, pb, b.strides[0] // isz,
                            b.strides[1] // isz, beta, &c[0, 0], c.strides[0] // isz, c.strides[1] // isz)
+
+
+def transpose(const real[:, :] src, real[:, :] dst):
+    """dst = src.T with the current arch's transpose (the packing routines' building block), exposed so tests can
+    check every arch's version; dst must have shape (cols, rows); src rows may be a strided view's."""
+    if dst.shape[0] != src.shape[1] or dst.shape[1] != src.shape[0]:
+        raise ValueError(f"dst has shape {(dst.shape[0], dst.shape[1])}, expected {(src.shape[1], src.shape[0])}")
+    if src.strides[1] != sizeof(real) or dst.strides[1] != sizeof(real):
+        raise ValueError("src and dst rows must be contiguous")
+    cdef int64_t rows = src.shape[0], cols = src.shape[1]
+    if rows == 0 or cols == 0:
+        return
+    with nogil:
+        if real is float:
+            fc_stranspose(&src[0, 0], rows, cols, src.strides[0] // sizeof(real), &dst[0, 0], dst.strides[0] // sizeof(real))
+        else:
+            fc_dtranspose(&src[0, 0], rows, cols, src.strides[0] // sizeof(real), &dst[0, 0], dst.strides[0] // sizeof(real))

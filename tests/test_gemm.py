@@ -486,3 +486,23 @@ def test_byte_swapped_inputs_are_converted(rng):
     got = fastconv.gemm(a.astype(">f8"), b.astype(">f8"))
     assert got.dtype == np.float64
     np.testing.assert_allclose(got, a @ b, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------- transpose
+
+@pytest.mark.parametrize("shape", [(1, 1), (8, 8), (7, 9), (16, 24), (13, 37), (8, 100), (45, 8), (3, 64)])
+def test_transpose_exact(arch, dtype, shape, rng):
+    """The arch's transpose (whole 8x8 / 4x4 register blocks, then the portable version for the rest) equals
+    numpy's, from a row-strided view into a row-strided view, writing nothing outside it."""
+    rows, cols = shape
+    big = rng.standard_normal((rows, cols + 5)).astype(dtype)
+    src = big[:, 2:2 + cols]
+    out = np.full((cols, rows + 3), -7.0, dtype)
+    _C.transpose(src, out[:, 1:1 + rows])
+    np.testing.assert_array_equal(out[:, 1:1 + rows], src.T)
+    assert (out[:, 0] == -7).all() and (out[:, 1 + rows:] == -7).all()
+
+
+def test_transpose_bad_shape():
+    with pytest.raises(ValueError, match=r"dst has shape \(3, 3\), expected \(4, 3\)"):
+        _C.transpose(np.zeros((3, 4), np.float32), np.zeros((3, 3), np.float32))

@@ -134,6 +134,9 @@ static inline __m256d load_masked_pd(const double *p, __m256i k) {
 #define POOL_NAME fc_dmax_pool_values_avx2
 #include "../pool_template.h"
 
+#define TRANSPOSE_NAME(PFX) fc_##PFX##transpose_avx2
+#include "../transpose_avx.h"
+
 const fc_arch fc_arch_avx2 = {
     "avx2",
     "AVX2 + FMA3 (256-bit)",
@@ -143,12 +146,14 @@ const fc_arch fc_arch_avx2 = {
      fc_sgemm_ukr_avx2_epilogue,
      fc_smax_pool_values_avx2,
      {0, fc_sgemm_ukr_avx2_1_ep, fc_sgemm_ukr_avx2_2_ep, 0, 0},
-     3, 3, {0, fc_sbcast_ukr_avx2_1, fc_sbcast_ukr_avx2_2, fc_sbcast_ukr_avx2_3, 0}},
+     3, 3, {0, fc_sbcast_ukr_avx2_1, fc_sbcast_ukr_avx2_2, fc_sbcast_ukr_avx2_3, 0},
+     fc_stranspose_avx2},
     {6, 4, 2, 144, 256, 2048, {0, fc_dgemm_ukr_avx2_1, fc_dgemm_ukr_avx2_2, 0, 0},
      6, 2, 3, 4, {0, fc_ddirect_ukr_avx2_1, fc_ddirect_ukr_avx2_2, 0, 0}, fc_dwgrad_ukr_avx2,
      fc_dwinograd_input_avx2, fc_dwinograd_weights_avx2, fc_dwinograd_grad_avx2, fc_dwinograd_output_avx2,
      fc_dgemm_ukr_avx2_epilogue,
      fc_dmax_pool_values_avx2,
      {0, fc_dgemm_ukr_avx2_1_ep, fc_dgemm_ukr_avx2_2_ep, 0, 0},
-     3, 3, {0, fc_dbcast_ukr_avx2_1, fc_dbcast_ukr_avx2_2, fc_dbcast_ukr_avx2_3, 0}},
+     3, 3, {0, fc_dbcast_ukr_avx2_1, fc_dbcast_ukr_avx2_2, fc_dbcast_ukr_avx2_3, 0},
+     fc_dtranspose_avx2},
 };

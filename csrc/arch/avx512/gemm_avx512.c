@@ -93,6 +93,9 @@ static inline __m512d maxn_pd(__m512d m, __m512d v) {
 #define POOL_NAME fc_dmax_pool_values_avx512
 #include "../pool_template.h"
 
+#define TRANSPOSE_NAME(PFX) fc_##PFX##transpose_avx512
+#include "../transpose_avx.h"
+
 const fc_arch fc_arch_avx512 = {
     "avx512",
     "AVX-512F (512-bit FMA)",
@@ -104,7 +107,8 @@ const fc_arch fc_arch_avx512 = {
      fc_sgemm_ukr_avx512_epilogue,
      fc_smax_pool_values_avx512,
      {0, fc_sgemm_ukr_avx512_1_ep, fc_sgemm_ukr_avx512_2_ep, fc_sgemm_ukr_avx512_3_ep, 0},
-     6, 4, {0, fc_sbcast_ukr_avx512_1, fc_sbcast_ukr_avx512_2, fc_sbcast_ukr_avx512_3, fc_sbcast_ukr_avx512_4}},
+     6, 4, {0, fc_sbcast_ukr_avx512_1, fc_sbcast_ukr_avx512_2, fc_sbcast_ukr_avx512_3, fc_sbcast_ukr_avx512_4},
+     fc_stranspose_avx512},
     {8, 8, 3, 192, 256, 2048, {0, fc_dgemm_ukr_avx512_1, fc_dgemm_ukr_avx512_2, fc_dgemm_ukr_avx512_3, 0},
      6, 4, 6, 4,
      {0, fc_ddirect_ukr_avx512_1, fc_ddirect_ukr_avx512_2, fc_ddirect_ukr_avx512_3, fc_ddirect_ukr_avx512_4},
@@ -113,5 +117,6 @@ const fc_arch fc_arch_avx512 = {
      fc_dgemm_ukr_avx512_epilogue,
      fc_dmax_pool_values_avx512,
      {0, fc_dgemm_ukr_avx512_1_ep, fc_dgemm_ukr_avx512_2_ep, fc_dgemm_ukr_avx512_3_ep, 0},
-     6, 4, {0, fc_dbcast_ukr_avx512_1, fc_dbcast_ukr_avx512_2, fc_dbcast_ukr_avx512_3, fc_dbcast_ukr_avx512_4}},
+     6, 4, {0, fc_dbcast_ukr_avx512_1, fc_dbcast_ukr_avx512_2, fc_dbcast_ukr_avx512_3, fc_dbcast_ukr_avx512_4},
+     fc_dtranspose_avx512},
 };

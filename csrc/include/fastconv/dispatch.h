@@ -75,6 +75,12 @@ typedef void (*fc_smax_pool_values_ukr)(int64_t planes, const float *FC_RESTRICT
 typedef void (*fc_dmax_pool_values_ukr)(int64_t planes, const double *FC_RESTRICT x, double *FC_RESTRICT y,
                                         const struct fc_pool2d_desc *d, double *FC_RESTRICT work);
 
+/* fc_Xtranspose (gemm.h) at the ISA's vector width. */
+typedef void (*fc_stranspose_ukr)(const float *FC_RESTRICT src, int64_t rows, int64_t cols, int64_t lds,
+                                  float *FC_RESTRICT dst, int64_t ldd);
+typedef void (*fc_dtranspose_ukr)(const double *FC_RESTRICT src, int64_t rows, int64_t cols, int64_t lds,
+                                  double *FC_RESTRICT dst, int64_t ldd);
+
 typedef struct fc_sgemm_kernel {
     int mr, vl, nv;     /* tile: mr rows x (nv * vl) columns */
     int mc, kc, nc;     /* cache blocking: A block mc x kc (L2), B panel kc x nc (L3), B micro-panel in L1 */
@@ -92,6 +98,7 @@ typedef struct fc_sgemm_kernel {
     fc_sgemm_ukr_ep ukr_ep[FC_MAX_NV + 1]; /* ukr[v] with the epilogue */
     int bmp, bnv;                          /* broadcast direct tile: bmp pixels x up to bnv vectors of filters */
     fc_sbcast_ukr bcast[FC_MAX_NV + 1];
+    fc_stranspose_ukr transpose;
 } fc_sgemm_kernel;
 
 typedef struct fc_dgemm_kernel {
@@ -110,6 +117,7 @@ typedef struct fc_dgemm_kernel {
     fc_dgemm_ukr_ep ukr_ep[FC_MAX_NV + 1];
     int bmp, bnv;
     fc_dbcast_ukr bcast[FC_MAX_NV + 1];
+    fc_dtranspose_ukr transpose;
 } fc_dgemm_kernel;
 
 typedef struct fc_arch {

@@ -36,11 +36,16 @@ void fc_spack_a(const fc_strided_matrix *a, int64_t i0, int64_t mc, int64_t k0, 
 void fc_dpack_a(const fc_strided_matrix *a, int64_t i0, int64_t mc, int64_t k0, int64_t kc, int mr,
                 double *FC_RESTRICT dst);
 
-/* dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols (the two blocks must not overlap). */
+/* dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols (the two blocks must not overlap): the current arch's
+ * transpose (fc_arch_current()), or the portable one (SSE2 where there is SSE2). */
 void fc_stranspose(const float *FC_RESTRICT src, int64_t rows, int64_t cols, int64_t lds, float *FC_RESTRICT dst,
                    int64_t ldd);
 void fc_dtranspose(const double *FC_RESTRICT src, int64_t rows, int64_t cols, int64_t lds,
                    double *FC_RESTRICT dst, int64_t ldd);
+void fc_stranspose_portable(const float *FC_RESTRICT src, int64_t rows, int64_t cols, int64_t lds,
+                            float *FC_RESTRICT dst, int64_t ldd);
+void fc_dtranspose_portable(const double *FC_RESTRICT src, int64_t rows, int64_t cols, int64_t lds,
+                            double *FC_RESTRICT dst, int64_t ldd);
 
 /* Per-thread scratch buffers reused across calls (grow-only), so small GEMMs do not pay for page faults.
  * slot 0: packed A, 1: packed B, 2..3: convolution workspaces (im2col tiles, Winograd blocks), 4: the transformed
