@@ -52,9 +52,12 @@ int fc_max_pool2d_argmax_mode(void) { return argmax_mode; }
  * arch/pool_template.h), and for float planes and kernel widths small enough for its int32 index lanes: every
  * index it forms (flat indices of the plane, the taps' columns in the padding, the lanes past the row end it never
  * stores) then lies within (-2^29, 2^31). */
-static int argmax_separable(const fc_pool2d_desc *d, int64_t elem_size) {
+int fc_max_pool2d_argmax_separable(const fc_pool2d_desc *d, int64_t elem_size) {
     if (argmax_mode != FC_POOL_ARGMAX_AUTO || (d->stride_w != 1 && d->stride_w != 2)) return 0;
-    return elem_size == 8 || (d->in_h * d->in_w <= ((int64_t)1 << 30) && d->kernel_w <= ((int64_t)1 << 28));
+    int64_t plane;
+    if (elem_size == 8) return 1;
+    return !fc_mul_overflow(d->in_h, d->in_w, &plane) && plane <= ((int64_t)1 << 30) &&
+           d->kernel_w <= ((int64_t)1 << 28);
 }
 
 /* The checks of the kernels that read only the sizes: max pooling backward (N, C, H, W, Ho, Wo: the windows are in

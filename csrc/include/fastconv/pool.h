@@ -70,6 +70,9 @@ static inline int fc_max_pool2d_argmax_layout(const fc_pool2d_desc *d, int64_t *
 enum { FC_POOL_ARGMAX_AUTO = 0, FC_POOL_ARGMAX_WINDOWS = 1 };
 int fc_max_pool2d_set_argmax_mode(int mode);
 int fc_max_pool2d_argmax_mode(void);
+/* Whether max pooling with argmax of elements of elem_size bytes runs the separable kernel for d (valid) under the
+ * current mode. */
+int fc_max_pool2d_argmax_separable(const fc_pool2d_desc *d, int64_t elem_size);
 
 /* x (N, C, H, W) -> y, argmax (N, C, Ho, Wo). */
 int fc_smax_pool2d_forward(const fc_context *ctx, const float *x, float *y, int64_t *argmax,
