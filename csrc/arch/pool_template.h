@@ -1,5 +1,6 @@
-/* Values-only max pooling (inference), written once with vector macros and instantiated per ISA (the AVX2 and
- * AVX-512 files, and gemm_ref.c with GNU C 16-byte vectors). Needs
+/* Values-only max pooling (inference), and at the end of the file the same scheme with the argmax (training),
+ * written once with vector macros and instantiated per ISA (the AVX2 and AVX-512 files, and gemm_ref.c with GNU C
+ * 16-byte vectors). Needs
  *   T, VEC, VL          element type, vector type, lanes (VL divides FC_POOL_LANES)
  *   VLOADU(p) VSTOREU(p, v) VSET1(s)
  *   VMAXN(m, v)         the running maximum m updated by a later element v of the window:

@@ -74,7 +74,8 @@ int fc_max_pool2d_argmax_mode(void);
  * current mode. */
 int fc_max_pool2d_argmax_separable(const fc_pool2d_desc *d, int64_t elem_size);
 
-/* x (N, C, H, W) -> y, argmax (N, C, Ho, Wo). */
+/* x (N, C, H, W) -> y, argmax (N, C, Ho, Wo). Workspace per thread on the separable kernel:
+ * fc_max_pool2d_argmax_layout's total (FC_ERR_NOMEM when it cannot be allocated). */
 int fc_smax_pool2d_forward(const fc_context *ctx, const float *x, float *y, int64_t *argmax,
                            const fc_pool2d_desc *d);
 int fc_dmax_pool2d_forward(const fc_context *ctx, const double *x, double *y, int64_t *argmax,
