@@ -230,8 +230,8 @@ void POOL_NAME(int64_t planes, const T *FC_RESTRICT x, T *FC_RESTRICT y, const f
  * window of -inf points at its first element inside the input, never at the padding. The masked loads give -inf
  * in the padding, which no later -inf replaces, so the edge vectors start each lane's winner at its first tap
  * inside the row (j0) instead of tap 0; rows outside the input are not taken, as for the values.
- * The caller keeps every flat index of the plane (and the lanes past Wo, at most a few vectors past the row)
- * inside ITYPE: H W <= 2^30 for float. */
+ * The caller keeps every index formed (the plane's flat indices, taps in the padding, the lanes past Wo at most a
+ * few vectors past the row) inside ITYPE: H W <= 2^30 and kw <= 2^28 for float (fc_max_pool2d_argmax_separable). */
 #ifdef POOL_ARGMAX_NAME
 
 /* One tap v (tap number j) into the running maximum m and its winning tap number k. */
