@@ -425,6 +425,22 @@ def test_max_pool_argmax_separable_threads_split_planes(arch, dtype, rng):
             np.testing.assert_array_equal(am, am_ref, err_msg=f"threads={n} k={k} s={s} p={p}")
 
 
+def test_max_pool_argmax_huge_kernel_takes_windows_kernel(dtype):
+    """A kernel 2^58 rows tall over a 1x1 plane (valid: the padding is half of it): the separable kernel's ring
+    would have 2^58 rows, a size that overflows int64 in bytes, so the window-by-window kernel runs instead of an
+    error."""
+    x = np.full((1, 1, 1, 1), 3.0, dtype)
+    k, p = (2 ** 58, 1), (2 ** 57, 0)
+    previous = _C.max_pool2d_argmax_mode("auto")
+    try:
+        y, am = F.max_pool2d(x, k, 1, p)
+        assert _C.max_pool2d_argmax_kernel(x.shape, y.shape, k, (1, 1), p, False, x.itemsize) == "windows"
+    finally:
+        _C.max_pool2d_argmax_mode(previous)
+    np.testing.assert_array_equal(y, np.full((1, 1, 2, 1), 3.0, dtype))
+    np.testing.assert_array_equal(am, np.zeros((1, 1, 2, 1), np.int64))
+
+
 def test_max_pool_argmax_mode():
     previous = _C.max_pool2d_argmax_mode()
     assert previous in ("auto", "windows")
