@@ -134,6 +134,35 @@ static inline fc_pool_vd load_lanes_vd(const double *xr, int64_t e, fc_pool_lane
     return v;
 }
 
+/* Max pooling with argmax: the lanes where v replaces m ((v > m) | (v != v)), selections by those lanes, and
+ * indices widened to int64. */
+typedef int64_t fc_pool_v4l __attribute__((vector_size(32)));
+static inline fc_pool_vs_mask take_vs(fc_pool_vs m, fc_pool_vs v) { return (v > m) | (v != v); }
+static inline fc_pool_vd_mask take_vd(fc_pool_vd m, fc_pool_vd v) { return (v > m) | (v != v); }
+static inline fc_pool_vs sel_vs(fc_pool_vs_mask k, fc_pool_vs m, fc_pool_vs v) {
+    return (fc_pool_vs)((k & (fc_pool_vs_mask)v) | (~k & (fc_pool_vs_mask)m));
+}
+static inline fc_pool_vd sel_vd(fc_pool_vd_mask k, fc_pool_vd m, fc_pool_vd v) {
+    return (fc_pool_vd)((k & (fc_pool_vd_mask)v) | (~k & (fc_pool_vd_mask)m));
+}
+static inline fc_pool_vs_mask load_is(const int32_t *p) {
+    fc_pool_vs_mask v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline fc_pool_vd_mask load_id(const int64_t *p) {
+    fc_pool_vd_mask v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline void store_is(int32_t *p, fc_pool_vs_mask v) { memcpy(p, &v, sizeof v); }
+static inline void store_id(int64_t *p, fc_pool_vd_mask v) { memcpy(p, &v, sizeof v); }
+static inline void store_wide_is(int64_t *p, fc_pool_vs_mask v, int64_t n) {
+    const fc_pool_v4l w = __builtin_convertvector(v, fc_pool_v4l);
+    memcpy(p, &w, (size_t)n * sizeof(int64_t));
+}
+static inline void store_wide_id(int64_t *p, fc_pool_vd_mask v, int64_t n) { memcpy(p, &v, (size_t)n * sizeof(int64_t)); }
+
 #define T float
 #define VEC fc_pool_vs
 #define VL 4
@@ -148,6 +177,20 @@ static inline fc_pool_vd load_lanes_vd(const double *xr, int64_t e, fc_pool_lane
 #define VLOADM(xr, e, k) load_lanes_vs(xr, e, k)
 #define VSTOREN(p, v, n) store_first_vs(p, v, n)
 #define POOL_NAME fc_smax_pool_values_ref
+#define POOL_ARGMAX_NAME fc_smax_pool_argmax_ref
+#define ITYPE int32_t
+#define IVEC fc_pool_vs_mask
+#define VTAKE_T fc_pool_vs_mask
+#define VTAKE(m, v) take_vs(m, v)
+#define VSEL(k, m, v) sel_vs(k, m, v)
+#define VSELI(k, a, b) (((k) & (b)) | (~(k) & (a)))
+#define VSET1I(s) ((fc_pool_vs_mask){0} + (s))
+#define VADDI(a, b) ((a) + (b))
+#define VLOADUI(p) load_is(p)
+#define VSTOREUI(p, v) store_is(p, v)
+#define VIOTAI() ((fc_pool_vs_mask){0, 1, 2, 3})
+#define VSTOREL(p, v) store_wide_is(p, v, 4)
+#define VSTORELN(p, v, n) store_wide_is(p, v, n)
 #include "arch/pool_template.h"
 #include "arch/template_undef.h"
 
@@ -165,6 +208,20 @@ static inline fc_pool_vd load_lanes_vd(const double *xr, int64_t e, fc_pool_lane
 #define VLOADM(xr, e, k) load_lanes_vd(xr, e, k)
 #define VSTOREN(p, v, n) store_first_vd(p, v, n)
 #define POOL_NAME fc_dmax_pool_values_ref
+#define POOL_ARGMAX_NAME fc_dmax_pool_argmax_ref
+#define ITYPE int64_t
+#define IVEC fc_pool_vd_mask
+#define VTAKE_T fc_pool_vd_mask
+#define VTAKE(m, v) take_vd(m, v)
+#define VSEL(k, m, v) sel_vd(k, m, v)
+#define VSELI(k, a, b) (((k) & (b)) | (~(k) & (a)))
+#define VSET1I(s) ((fc_pool_vd_mask){0} + (s))
+#define VADDI(a, b) ((a) + (b))
+#define VLOADUI(p) load_id(p)
+#define VSTOREUI(p, v) store_id(p, v)
+#define VIOTAI() ((fc_pool_vd_mask){0, 1})
+#define VSTOREL(p, v) store_wide_id(p, v, 2)
+#define VSTORELN(p, v, n) store_wide_id(p, v, n)
 #include "arch/pool_template.h"
 
 const fc_arch fc_arch_ref = {
@@ -179,6 +236,7 @@ const fc_arch fc_arch_ref = {
      fc_smax_pool_values_ref,
      {0, fc_sgemm_ukr_ref_1_ep, fc_sgemm_ukr_ref_2_ep, fc_sgemm_ukr_ref_3_ep, fc_sgemm_ukr_ref_4_ep},
      4, 4, {0, fc_sbcast_ukr_ref_1, fc_sbcast_ukr_ref_2, fc_sbcast_ukr_ref_3, fc_sbcast_ukr_ref_4},
+     fc_smax_pool_argmax_ref,
      fc_stranspose_portable},
     {4, 1, 4, 128, 256, 2048,
      {0, fc_dgemm_ukr_ref_1, fc_dgemm_ukr_ref_2, fc_dgemm_ukr_ref_3, fc_dgemm_ukr_ref_4},
@@ -189,5 +247,6 @@ const fc_arch fc_arch_ref = {
      fc_dmax_pool_values_ref,
      {0, fc_dgemm_ukr_ref_1_ep, fc_dgemm_ukr_ref_2_ep, fc_dgemm_ukr_ref_3_ep, fc_dgemm_ukr_ref_4_ep},
      4, 4, {0, fc_dbcast_ukr_ref_1, fc_dbcast_ukr_ref_2, fc_dbcast_ukr_ref_3, fc_dbcast_ukr_ref_4},
+     fc_dmax_pool_argmax_ref,
      fc_dtranspose_portable},
 };

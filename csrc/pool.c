@@ -38,6 +38,30 @@ int fc_pool2d_check(const fc_pool2d_desc *d) {
     return FC_OK;
 }
 
+static int argmax_mode = FC_POOL_ARGMAX_AUTO;
+
+int fc_max_pool2d_set_argmax_mode(int mode) {
+    if (mode < FC_POOL_ARGMAX_AUTO || mode > FC_POOL_ARGMAX_WINDOWS) return FC_ERR_ARG;
+    argmax_mode = mode;
+    return FC_OK;
+}
+
+int fc_max_pool2d_argmax_mode(void) { return argmax_mode; }
+
+/* Whether max pooling with argmax takes the separable kernel: horizontal strides 1 and 2 (the vector loads of
+ * arch/pool_template.h), a workspace whose size counts in int64, and for float planes and kernel widths small
+ * enough for its int32 index lanes: every index it forms (flat indices of the plane, the taps' columns in the
+ * padding, the lanes past the row end it never stores) then lies within (-2^29, 2^31). */
+int fc_max_pool2d_argmax_separable(const fc_pool2d_desc *d, int64_t elem_size) {
+    if (argmax_mode != FC_POOL_ARGMAX_AUTO || (d->stride_w != 1 && d->stride_w != 2)) return 0;
+    int64_t ldh, rows, total, plane;
+    /* A workspace too large to count in int64 (a kernel some 2^60 rows tall over the padding) runs as before. */
+    if (fc_max_pool2d_argmax_layout(d, &ldh, &rows, &total) || fc_mul_overflow(total, elem_size, &total)) return 0;
+    if (elem_size == 8) return 1;
+    return !fc_mul_overflow(d->in_h, d->in_w, &plane) && plane <= ((int64_t)1 << 30) &&
+           d->kernel_w <= ((int64_t)1 << 28);
+}
+
 /* The checks of the kernels that read only the sizes: max pooling backward (N, C, H, W, Ho, Wo: the windows are in
  * argmax) and global pooling (N, C, H, W). */
 static int check_sizes(const fc_pool2d_desc *d, int with_output) {

@@ -6,8 +6,12 @@ cdef extern from "fastconv/pool.h" nogil:
         int64_t batch, channels, in_h, in_w, out_h, out_w
         int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w
         int ceil_mode, count_include_pad
+    int fc_pool2d_check(const fc_pool2d_desc *d)
     int fc_pool2d_output_size(int64_t inp, int64_t kernel, int64_t stride, int64_t pad, int ceil_mode,
                               int64_t *out)
+    int fc_max_pool2d_set_argmax_mode(int mode)
+    int fc_max_pool2d_argmax_mode()
+    int fc_max_pool2d_argmax_separable(const fc_pool2d_desc *d, int64_t elem_size)
     int fc_smax_pool2d_forward(const fc_context *ctx, const float *x, float *y, int64_t *argmax,
                                const fc_pool2d_desc *d)
     int fc_dmax_pool2d_forward(const fc_context *ctx, const double *x, double *y, int64_t *argmax,
@@ -59,6 +63,36 @@ def pool2d_output_size(int64_t size, int64_t kernel, int64_t stride, int64_t pad
     if fc_pool2d_output_size(size, kernel, stride, pad, ceil_mode, &out) != FC_OK:
         return None
     return out
+
+
+_ARGMAX_MODES = ("auto", "windows")
+
+
+def max_pool2d_argmax_mode(mode=None):
+    """The process-wide kernel of max pooling with argmax ("auto" or "windows"); sets it when given.
+
+    "auto" runs the selected arch's separable kernel for horizontal strides 1 and 2, "windows" the window-by-window
+    kernel always (both give the same values and indices: tests compare them). Returns the previous setting. Meant
+    for tests and benchmarks."""
+    previous = _ARGMAX_MODES[fc_max_pool2d_argmax_mode()]
+    if mode is not None:
+        if mode not in _ARGMAX_MODES:
+            raise ValueError(f"mode must be one of {_ARGMAX_MODES}, got {mode!r}")
+        check(fc_max_pool2d_set_argmax_mode(_ARGMAX_MODES.index(mode)))
+    return previous
+
+
+def max_pool2d_argmax_kernel(x_shape, y_shape, tuple kernel, tuple stride, tuple padding, bint ceil_mode,
+                             int64_t itemsize):
+    """Which kernel max_pool2d_forward runs for these shapes under the current mode: "separable" or "windows" (lets
+    tests check that the separable kernel is the one they exercise)."""
+    cdef Py_ssize_t xs[4]
+    cdef Py_ssize_t ys[4]
+    xs[:] = list(x_shape)
+    ys[:] = list(y_shape)
+    cdef fc_pool2d_desc d = _pool_desc(xs, ys, kernel, stride, padding, ceil_mode, False)
+    check(fc_pool2d_check(&d))
+    return "separable" if fc_max_pool2d_argmax_separable(&d, itemsize) else "windows"
 
 
 def max_pool2d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int64_t[:, :, :, ::1] argmax,

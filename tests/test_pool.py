@@ -22,6 +22,15 @@ def dtype(request):
     return request.param
 
 
+@pytest.fixture(params=["auto", "windows"])
+def argmax_mode(request):
+    """Max pooling with argmax on the separable kernel ("auto", horizontal strides 1 and 2) and on the
+    window-by-window one ("windows"), restoring the previous mode after."""
+    previous = _C.max_pool2d_argmax_mode(request.param)
+    yield request.param
+    _C.max_pool2d_argmax_mode(previous)
+
+
 def tol(dtype):
     return dict(rtol=2e-6, atol=2e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
 
@@ -138,7 +147,7 @@ GEOMETRIES = [(k, s, p) for k in (1, 2, 3, 4) for s in (1, 2, 3) for p in range(
 # ---------------------------------------------------------------- max pooling
 
 @pytest.mark.parametrize("ceil_mode", [False, True])
-def test_max_pool_matches_reference(arch, nthreads, dtype, ceil_mode, rng):
+def test_max_pool_matches_reference(arch, nthreads, dtype, ceil_mode, argmax_mode, rng):
     x = rng.standard_normal((2, 3, 9, 11)).astype(dtype)
     for k, s, p in GEOMETRIES:
         y, am = F.max_pool2d(x, k, s, p, ceil_mode)
@@ -148,7 +157,7 @@ def test_max_pool_matches_reference(arch, nthreads, dtype, ceil_mode, rng):
 
 
 @pytest.mark.parametrize("width", [7, 9, 10, 11, 17, 19, 37])
-def test_max_pool_fast_paths(arch, nthreads, dtype, width, rng):
+def test_max_pool_fast_paths(arch, nthreads, dtype, width, argmax_mode, rng):
     """The kernels with vectorized paths (3x3/2, 2x2/2, 3x3/1), on rows whose interior is shorter than, equal to and
     longer than one vector, with and without padding, with ties (small integers) and without."""
     x = rng.standard_normal((2, 2, 8, width)).astype(dtype)
@@ -163,7 +172,7 @@ def test_max_pool_fast_paths(arch, nthreads, dtype, width, rng):
                 np.testing.assert_array_equal(am, am_ref)
 
 
-def test_max_pool_nan_and_infinities(arch, nthreads, dtype, rng):
+def test_max_pool_nan_and_infinities(arch, nthreads, dtype, argmax_mode, rng):
     x = rng.standard_normal((2, 3, 12, 21)).astype(dtype)
     x[rng.random(x.shape) < 0.05] = np.nan
     x[0, 0, 2:5, 2:9] = np.nan                  # several NaN in one window: the last one wins
@@ -285,7 +294,7 @@ def test_max_pool_values_only_threads_split_planes(arch, dtype, rng):
             np.testing.assert_array_equal(y, y_ref, err_msg=f"threads={n} k={k} s={s} p={p}")
 
 
-def test_max_pool_threads_agree_on_large_input(arch, dtype, rng):
+def test_max_pool_threads_agree_on_large_input(arch, dtype, argmax_mode, rng):
     """A batch large enough for the parallel region: 1 and 2 threads give the reference result."""
     x = rng.standard_normal((4, 16, 33, 35)).astype(dtype)
     y_ref, am_ref = ref_max_pool(x, (3, 3), (2, 2), (1, 1), True)
@@ -296,7 +305,161 @@ def test_max_pool_threads_agree_on_large_input(arch, dtype, rng):
         np.testing.assert_array_equal(am, am_ref)
 
 
-def test_max_pool_backward(arch, nthreads, dtype, rng):
+# ---------------------------------------------------------------- max pooling with argmax: the separable kernel
+# arch/pool_template.h's max_pool_argmax: the values kernel's horizontal and vertical passes (see above) carrying the
+# flat index of each winner, int32 lanes for float and int64 for double, widened to int64 on store; each edge lane
+# starts at its first tap inside the row. Compared bit for bit with the window-by-window kernel and with the
+# reference.
+
+
+def pooled_both_ways(x, k, s, p, ceil_mode):
+    """(y, argmax) of the separable kernel, then of the window-by-window one; checks which kernel each call ran."""
+    k2, s2, p2 = (F._int_pair(v, "") for v in (k, s, p))
+    out = []
+    for mode in ("auto", "windows"):
+        previous = _C.max_pool2d_argmax_mode(mode)
+        try:
+            y, am = F.max_pool2d(x, k, s, p, ceil_mode)
+            kernel = _C.max_pool2d_argmax_kernel(x.shape, y.shape, k2, s2, p2, ceil_mode, x.itemsize)
+        finally:
+            _C.max_pool2d_argmax_mode(previous)
+        assert kernel == ("separable" if mode == "auto" and s2[1] in (1, 2) else "windows")
+        out.append((y, am))
+    return out
+
+
+def assert_same_bits(a, b, err_msg=""):
+    itype = np.uint32 if a.dtype == np.float32 else np.uint64
+    np.testing.assert_array_equal(a.view(itype), b.view(itype), err_msg=err_msg)
+
+
+@pytest.mark.parametrize("width", VALUES_WIDTHS)
+def test_max_pool_argmax_separable_widths(arch, nthreads, dtype, width, rng):
+    """Row widths below, at and above one and two vectors, every geometry with padding, ceil_mode windows hanging
+    past the edge, kernels 1 to 5 square or not; ties, NaN and infinities inside and at the edges, planes and
+    windows holding only -inf (argmax must point at the window's first element inside the input)."""
+    x = rng.integers(-2, 3, (2, 3, 11, width)).astype(dtype)  # ties
+    x[rng.random(x.shape) < 0.04] = np.nan
+    x[rng.random(x.shape) < 0.08] = -np.inf
+    x[rng.random(x.shape) < 0.02] = np.inf
+    x[0, 1] = -np.inf  # a whole plane of -inf
+    x[0, 2, 3:8] = -np.inf  # rows of -inf: windows of -inf away from the top
+    x[0, 2, 5, -1] = np.nan
+    x[1, 2, :, -1] = np.nan  # the last column: reached only by the edge vectors
+    x[1, 0, :, 0] = np.nan  # the first column
+    for k, s, p, ceil_mode, (k2, s2, p2) in values_only_cases(x):
+        msg = f"width={width} k={k} s={s} p={p} ceil_mode={ceil_mode}"
+        (y, am), (y_old, am_old) = pooled_both_ways(x, k, s, p, ceil_mode)
+        assert_same_bits(y, y_old, msg)
+        np.testing.assert_array_equal(am, am_old, err_msg=msg)
+        y_ref, am_ref = ref_max_pool(x, k2, s2, p2, ceil_mode)
+        np.testing.assert_array_equal(y, y_ref, err_msg=msg)
+        np.testing.assert_array_equal(am, am_ref, err_msg=msg)
+
+
+@pytest.mark.parametrize("height, kernel, stride, padding", [
+    (30, 3, 1, 1), (30, 3, 2, 1), (29, 2, 2, 0), (40, (11, 3), (1, 2), (5, 1)), (25, (9, 2), (4, 2), (4, 0)),
+    (21, (2, 3), (5, 2), (1, 1)), (17, (17, 3), 1, (0, 1)), (9, (1, 2), (4, 1), 0),
+])
+def test_max_pool_argmax_separable_ring(arch, nthreads, dtype, height, kernel, stride, padding, rng):
+    """Tall planes: the rings of maxima and indices wrap many times, kernels taller than a batch of 8 rows, vertical
+    strides above the kernel height, a window as tall as the plane; indices of rows far down the plane."""
+    x = rng.integers(-3, 4, (2, 2, height, 19)).astype(dtype)
+    x[rng.random(x.shape) < 0.03] = np.nan
+    x[rng.random(x.shape) < 0.05] = -np.inf
+    x[1, 0, height // 2:] = -np.inf
+    k2, s2, p2 = (F._int_pair(v, "") for v in (kernel, stride, padding))
+    for ceil_mode in (False, True):
+        (y, am), (y_old, am_old) = pooled_both_ways(x, kernel, stride, padding, ceil_mode)
+        assert_same_bits(y, y_old, f"ceil_mode={ceil_mode}")
+        np.testing.assert_array_equal(am, am_old, err_msg=f"ceil_mode={ceil_mode}")
+        y_ref, am_ref = ref_max_pool(x, k2, s2, p2, ceil_mode)
+        np.testing.assert_array_equal(am, am_ref, err_msg=f"ceil_mode={ceil_mode}")
+
+
+def test_max_pool_argmax_separable_same_bits(arch, nthreads, dtype, rng):
+    """Tied zeros of both signs and NaN of distinct payloads: the separable kernel keeps the same element as the
+    window-by-window one (the first maximum, the last NaN in row-major order), sign and payload included."""
+    itype = np.uint32 if dtype == np.float32 else np.uint64
+    x = rng.integers(-1, 2, (2, 3, 13, 37)).astype(dtype)
+    x[x == 0] = np.where(rng.random(np.count_nonzero(x == 0)) < 0.5, 0.0, -0.0).astype(dtype)
+    nan_bits = np.array([np.nan], dtype).view(itype)[0]
+    nans = rng.random(x.shape) < 0.05
+    bits = x.view(itype)
+    bits[nans] = nan_bits | rng.integers(1, 1000, np.count_nonzero(nans)).astype(itype)
+    x[1, 1, 4:7, 4:9] = np.nan
+    for k, s, p, ceil_mode, _ in values_only_cases(x):
+        msg = f"k={k} s={s} p={p} ceil_mode={ceil_mode}"
+        (y, am), (y_old, am_old) = pooled_both_ways(x, k, s, p, ceil_mode)
+        assert_same_bits(y, y_old, msg)
+        np.testing.assert_array_equal(am, am_old, err_msg=msg)
+
+
+def test_max_pool_argmax_separable_network_shapes(arch, dtype, rng):
+    """The shapes it is for (AlexNet 3x3/2 at 55 and 27, GoogLeNet 3x3/1 pad 1 at 28 and 14 and 3x3/2 ceil_mode at
+    56, 28 and 14, VGG 2x2/2 at 28), enough planes for both threads, the two kernels equal bit for bit."""
+    for shape, k, s, p, ceil_mode in [((2, 5, 55, 55), 3, 2, 0, False), ((2, 5, 27, 27), 3, 2, 0, False),
+                                      ((2, 6, 28, 28), 3, 1, 1, False), ((2, 9, 14, 14), 3, 1, 1, False),
+                                      ((2, 3, 56, 56), 3, 2, 0, True), ((2, 6, 28, 28), 3, 2, 0, True),
+                                      ((2, 9, 14, 14), 3, 2, 0, True), ((2, 6, 28, 28), 2, 2, 0, False)]:
+        x = rng.standard_normal(shape).astype(dtype)
+        x[rng.random(x.shape) < 0.002] = np.nan
+        for n in (1, 2):
+            with fastconv.threads(n):
+                (y, am), (y_old, am_old) = pooled_both_ways(x, k, s, p, ceil_mode)
+            msg = f"shape={shape} k={k} s={s} p={p} ceil_mode={ceil_mode} threads={n}"
+            assert_same_bits(y, y_old, msg)
+            np.testing.assert_array_equal(am, am_old, err_msg=msg)
+
+
+def test_max_pool_argmax_separable_threads_split_planes(arch, dtype, rng):
+    """An odd number of planes, large enough for the parallel region: each thread takes a contiguous run."""
+    x = rng.standard_normal((3, 7, 57, 59)).astype(dtype)
+    x[rng.random(x.shape) < 0.01] = np.nan
+    for k, s, p, ceil_mode in [(3, 2, 0, True), (3, 1, 1, False), (2, 2, 0, False), (3, 2, 1, False)]:
+        y_ref, am_ref = ref_max_pool(x, (k, k), (s, s), (p, p), ceil_mode)
+        for n in (1, 2):
+            with fastconv.threads(n):
+                (y, am), _ = pooled_both_ways(x, k, s, p, ceil_mode)
+            np.testing.assert_array_equal(y, y_ref, err_msg=f"threads={n} k={k} s={s} p={p}")
+            np.testing.assert_array_equal(am, am_ref, err_msg=f"threads={n} k={k} s={s} p={p}")
+
+
+def test_max_pool_argmax_huge_kernel_takes_windows_kernel(dtype):
+    """A kernel 2^58 rows tall over a 1x1 plane (valid: the padding is half of it): the separable kernel's ring
+    would have 2^58 rows, a size that overflows int64 in bytes, so the window-by-window kernel runs instead of an
+    error."""
+    x = np.full((1, 1, 1, 1), 3.0, dtype)
+    k, p = (2 ** 58, 1), (2 ** 57, 0)
+    previous = _C.max_pool2d_argmax_mode("auto")
+    try:
+        y, am = F.max_pool2d(x, k, 1, p)
+        assert _C.max_pool2d_argmax_kernel(x.shape, y.shape, k, (1, 1), p, False, x.itemsize) == "windows"
+    finally:
+        _C.max_pool2d_argmax_mode(previous)
+    np.testing.assert_array_equal(y, np.full((1, 1, 2, 1), 3.0, dtype))
+    np.testing.assert_array_equal(am, np.zeros((1, 1, 2, 1), np.int64))
+
+
+def test_max_pool_argmax_mode():
+    previous = _C.max_pool2d_argmax_mode()
+    assert previous in ("auto", "windows")
+    try:
+        assert _C.max_pool2d_argmax_mode("windows") == previous
+        assert _C.max_pool2d_argmax_mode() == "windows"
+        assert _C.max_pool2d_argmax_kernel((1, 1, 8, 8), (1, 1, 3, 3), (3, 3), (2, 2), (0, 0), False, 4) == "windows"
+        _C.max_pool2d_argmax_mode("auto")
+        assert _C.max_pool2d_argmax_kernel((1, 1, 8, 8), (1, 1, 3, 3), (3, 3), (2, 2), (0, 0), False, 4) == "separable"
+        assert _C.max_pool2d_argmax_kernel((1, 1, 8, 8), (1, 1, 2, 2), (3, 3), (3, 3), (0, 0), False, 4) == "windows"
+        with pytest.raises(ValueError):
+            _C.max_pool2d_argmax_mode("fast")
+        with pytest.raises(ValueError):  # an output size that does not match the geometry
+            _C.max_pool2d_argmax_kernel((1, 1, 8, 8), (1, 1, 4, 3), (3, 3), (2, 2), (0, 0), False, 4)
+    finally:
+        _C.max_pool2d_argmax_mode(previous)
+
+
+def test_max_pool_backward(arch, nthreads, dtype, argmax_mode, rng):
     x = distinct_values(rng, (2, 3, 8, 9)).astype(dtype)
     for k, s, p, ceil_mode in [(3, 2, 1, False), (2, 1, 0, True), (3, 3, 1, True), (2, 2, 0, False)]:
         y, am = F.max_pool2d(x, k, s, p, ceil_mode)
@@ -315,7 +478,7 @@ def test_max_pool_backward_finite_differences(arch, nthreads, rng):
         assert rel_error(F.max_pool2d_backward(g, am, x.shape), numeric) < 1e-6
 
 
-def test_max_pool_matches_torch(arch, nthreads, dtype, rng):
+def test_max_pool_matches_torch(arch, nthreads, dtype, argmax_mode, rng):
     torch = pytest.importorskip("torch")
     x = rng.standard_normal((3, 4, 23, 27)).astype(dtype)
     x[rng.random(x.shape) < 0.01] = np.nan

@@ -1,5 +1,6 @@
-/* Values-only max pooling (inference), written once with vector macros and instantiated per ISA (the AVX2 and
- * AVX-512 files, and gemm_ref.c with GNU C 16-byte vectors). Needs
+/* Values-only max pooling (inference), and at the end of the file the same scheme with the argmax (training),
+ * written once with vector macros and instantiated per ISA (the AVX2 and AVX-512 files, and gemm_ref.c with GNU C
+ * 16-byte vectors). Needs
  *   T, VEC, VL          element type, vector type, lanes (VL divides FC_POOL_LANES)
  *   VLOADU(p) VSTOREU(p, v) VSET1(s)
  *   VMAXN(m, v)         the running maximum m updated by a later element v of the window:
@@ -211,6 +212,219 @@ void POOL_NAME(int64_t planes, const T *FC_RESTRICT x, T *FC_RESTRICT y, const f
     else
         PT_HELPER(planes)(planes, x, y, d, work, kw, sw);
 }
+
+/* ---------------------------------------------------------------- with argmax (training)
+ *
+ * The same separable scheme carrying the index of each maximum, for the instantiations that also define
+ *   POOL_ARGMAX_NAME    the kernel's name
+ *   ITYPE, IVEC         an integer of T's width (int32 for float, int64 for double) and a vector of VL of them
+ *   VTAKE_T, VTAKE(m, v)  the lanes where VMAXN(m, v) takes v: (v > m) | (v != v)
+ *   VSEL(k, m, v) VSELI(k, a, b)  v (b) in the lanes of k, m (a) in the others, for values and for indices
+ *   VSET1I(s) VADDI(a, b) VLOADUI(p) VSTOREUI(p, v) VIOTAI()  ({0, 1, ..., VL - 1})
+ *   VSTOREL(p, v) VSTORELN(p, v, n)  the VL (the first n < VL) lanes of an IVEC widened to int64 at p
+ * The horizontal pass keeps, per output column and input row h, the winner of the row's kw taps (strict > so the
+ * first tie stays, and a NaN or a later NaN wins: VTAKE) and its flat index h W + w in a second ring of ITYPE; the
+ * vertical pass takes the ring rows in order with the same rule and carries the flat index. As for the values
+ * (header comment), the first maximum and the last NaN in row-major order are the ones kept, so y and argmax are
+ * those of the window-by-window kernel (pool_kernels.inc's max_window) bit for bit. One more rule to keep: a
+ * window of -inf points at its first element inside the input, never at the padding. The masked loads give -inf
+ * in the padding, which no later -inf replaces, so the edge vectors start each lane's winner at its first tap
+ * inside the row (j0) instead of tap 0; rows outside the input are not taken, as for the values.
+ * The caller keeps every index formed (the plane's flat indices, taps in the padding, the lanes past Wo at most a
+ * few vectors past the row) inside ITYPE: H W <= 2^30 and kw <= 2^28 for float (fc_max_pool2d_argmax_separable). */
+#ifdef POOL_ARGMAX_NAME
+
+/* One tap v (tap number j) into the running maximum m and its winning tap number k. */
+#define PT_STEP(m, k, v, j)                                                                                       \
+    do {                                                                                                          \
+        const VEC v_ = (v);                                                                                       \
+        const VTAKE_T t_ = VTAKE(m, v_);                                                                          \
+        m = VSEL(t_, m, v_);                                                                                      \
+        k = VSELI(t_, k, VSET1I((ITYPE)(j)));                                                                     \
+    } while (0)
+
+/* hmax with the tap number of each lane's winner in *kout, starting from k0 (tap 0, or the first tap inside the
+ * row at the edges). */
+PT_INLINE VEC PT_HELPER(hmax_arg)(const T *FC_RESTRICT xr, int64_t e, int64_t W, const int64_t KW, const int64_t SW,
+                                  const int edge, IVEC k0, IVEC *kout) {
+#define PT_LOAD(f) (edge ? PT_TAP(xr, f, W) : VLOADU(xr + (f)))
+    VEC m;
+    IVEC k = k0;
+    if (SW == 1) {
+        m = PT_LOAD(e);
+        for (int64_t j = 1; j < KW; j++) PT_STEP(m, k, PT_LOAD(e + j), j);
+    } else {
+        VEC a = PT_LOAD(e), b = PT_LOAD(e + VL);
+        m = VEVEN(a, b);
+        if (KW > 1) PT_STEP(m, k, VODD(a, b), 1);
+        for (int64_t j = 2; j < KW; j += 2) {
+            a = PT_LOAD(e + j);
+            b = PT_LOAD(e + j + VL);
+            PT_STEP(m, k, VEVEN(a, b), j);
+            if (j + 1 < KW) PT_STEP(m, k, VODD(a, b), j + 1);
+        }
+    }
+    *kout = k;
+    return m;
+#undef PT_LOAD
+}
+
+/* hrows with the flat indices h W + w of the winners in the ring iring (same layout as ring). */
+PT_INLINE void PT_HELPER(hrows_arg)(const T *FC_RESTRICT xp, int64_t W, int64_t pw, int64_t first, int64_t nr,
+                                    T *FC_RESTRICT ring, ITYPE *FC_RESTRICT iring, int64_t ldh, int64_t R,
+                                    int64_t slot, int64_t nv, const int64_t KW, const int64_t SW) {
+    const IVEC iota = SW == 1 ? VIOTAI() : VADDI(VIOTAI(), VIOTAI());
+    for (int64_t o = 0; o < nv; o += VL) {
+        const int64_t e = o * SW - pw;
+        const int64_t reach = e + (SW == 1 ? KW - 1 + VL : ((KW - 1) & ~(int64_t)1) + 2 * VL);
+        const T *xr = xp + first * W;
+        /* the flat index of each lane's tap 0 in row `first`; a row further down adds W */
+        IVEC base = VADDI(iota, VSET1I((ITYPE)(first * W + e)));
+        const IVEC step = VSET1I((ITYPE)W);
+        T *out = ring + slot * ldh + o;
+        ITYPE *iout = iring + slot * ldh + o;
+        int64_t s = slot;
+        if (e >= 0 && reach <= W) {
+            for (int64_t r = 0; r < nr; r++, xr += W) {
+                IVEC k;
+                VSTOREU(out, PT_HELPER(hmax_arg)(xr, e, W, KW, SW, 0, VSET1I(0), &k));
+                VSTOREUI(iout, VADDI(base, k));
+                base = VADDI(base, step);
+                if (++s == R) {
+                    s = 0;
+                    out = ring + o;
+                    iout = iring + o;
+                } else {
+                    out += ldh;
+                    iout += ldh;
+                }
+            }
+        } else {
+            ITYPE j0[VL]; /* lane i's first tap inside the row: taps before it lie in the left padding */
+            for (int64_t i = 0; i < VL; i++) j0[i] = (ITYPE)(e + i * SW < 0 ? -(e + i * SW) : 0);
+            const IVEC k0 = VLOADUI(j0);
+            for (int64_t r = 0; r < nr; r++, xr += W) {
+                IVEC k;
+                VSTOREU(out, PT_HELPER(hmax_arg)(xr, e, W, KW, SW, 1, k0, &k));
+                VSTOREUI(iout, VADDI(base, k));
+                base = VADDI(base, step);
+                if (++s == R) {
+                    s = 0;
+                    out = ring + o;
+                    iout = iring + o;
+                } else {
+                    out += ldh;
+                    iout += ldh;
+                }
+            }
+        }
+    }
+}
+
+PT_INLINE void PT_HELPER(vstore_arg)(T *FC_RESTRICT yr, int64_t *FC_RESTRICT ar, int64_t o, int64_t Wo, VEC m,
+                                     IVEC k) {
+    if (o + VL <= Wo) {
+        VSTOREU(yr + o, m);
+        VSTOREL(ar + o, k);
+    } else {
+        VSTOREN(yr + o, m, Wo - o);
+        VSTORELN(ar + o, k, Wo - o);
+    }
+}
+
+/* vmax with the indices: ring rows s0, s0 + 1, ... in order, so a tie keeps the upper row. */
+PT_INLINE void PT_HELPER(vmax_arg)(const T *FC_RESTRICT ring, const ITYPE *FC_RESTRICT iring, int64_t ldh,
+                                   int64_t R, int64_t s0, int64_t nrow, T *FC_RESTRICT yr, int64_t *FC_RESTRICT ar,
+                                   int64_t Wo) {
+    const int64_t s1 = s0 + 1 == R ? 0 : s0 + 1, s2 = s1 + 1 == R ? 0 : s1 + 1;
+    const T *r0 = ring + s0 * ldh, *r1 = ring + s1 * ldh, *r2 = ring + s2 * ldh;
+    const ITYPE *i0 = iring + s0 * ldh, *i1 = iring + s1 * ldh, *i2 = iring + s2 * ldh;
+    if (nrow == 3) {
+        for (int64_t o = 0; o < Wo; o += VL) {
+            VEC m = VLOADU(r0 + o);
+            IVEC k = VLOADUI(i0 + o);
+            VEC v = VLOADU(r1 + o);
+            VTAKE_T t = VTAKE(m, v);
+            m = VSEL(t, m, v);
+            k = VSELI(t, k, VLOADUI(i1 + o));
+            v = VLOADU(r2 + o);
+            t = VTAKE(m, v);
+            PT_HELPER(vstore_arg)(yr, ar, o, Wo, VSEL(t, m, v), VSELI(t, k, VLOADUI(i2 + o)));
+        }
+    } else if (nrow == 2) {
+        for (int64_t o = 0; o < Wo; o += VL) {
+            const VEC m = VLOADU(r0 + o), v = VLOADU(r1 + o);
+            const VTAKE_T t = VTAKE(m, v);
+            PT_HELPER(vstore_arg)(yr, ar, o, Wo, VSEL(t, m, v), VSELI(t, VLOADUI(i0 + o), VLOADUI(i1 + o)));
+        }
+    } else {
+        for (int64_t o = 0; o < Wo; o += VL) {
+            VEC m = VLOADU(r0 + o);
+            IVEC k = VLOADUI(i0 + o);
+            for (int64_t h = 1, s = s0; h < nrow; h++) {
+                s = s + 1 == R ? 0 : s + 1;
+                const VEC v = VLOADU(ring + s * ldh + o);
+                const VTAKE_T t = VTAKE(m, v);
+                m = VSEL(t, m, v);
+                k = VSELI(t, k, VLOADUI(iring + s * ldh + o));
+            }
+            PT_HELPER(vstore_arg)(yr, ar, o, Wo, m, k);
+        }
+    }
+}
+
+/* planes with the argmax; the ring walk is the values kernel's (see there). */
+PT_INLINE void PT_HELPER(planes_arg)(int64_t planes, const T *FC_RESTRICT x, T *FC_RESTRICT y,
+                                     int64_t *FC_RESTRICT argmax, const fc_pool2d_desc *d, T *FC_RESTRICT ring,
+                                     const int64_t KW, const int64_t SW) {
+    const int64_t H = d->in_h, W = d->in_w, Ho = d->out_h, Wo = d->out_w;
+    const int64_t kh = d->kernel_h, sh = d->stride_h, ph = d->pad_h, pw = d->pad_w;
+    int64_t ldh = 0, R = 0, total = 0;
+    fc_max_pool2d_values_layout(d, &ldh, &R, &total); /* the caller checked it for overflow, and 2 total */
+    ITYPE *iring = (ITYPE *)(ring + total);           /* ITYPE has T's size */
+    const int64_t nv = (Wo + VL - 1) / VL * VL;
+
+    for (int64_t pl = 0; pl < planes; pl++) {
+        const T *xp = x + pl * H * W;
+        T *yp = y + pl * Ho * Wo;
+        int64_t *ap = argmax + pl * Ho * Wo;
+        int64_t next = 0, slot = 0;
+        for (int64_t oy = 0; oy < Ho; oy++) {
+            const int64_t hs = oy * sh - ph;
+            const int64_t h0 = hs > 0 ? hs : 0, h1 = hs + kh < H ? hs + kh : H;
+            if (next < h0) next = h0;
+            while (next < h1) {
+                const int64_t nr = H - next < FC_POOL_BATCH ? H - next : FC_POOL_BATCH;
+                PT_HELPER(hrows_arg)(xp, W, pw, next, nr, ring, iring, ldh, R, slot, nv, KW, SW);
+                next += nr;
+                slot = (slot + nr) % R;
+            }
+            int64_t s0 = slot - (next - h0);
+            if (s0 < 0) s0 += R;
+            PT_HELPER(vmax_arg)(ring, iring, ldh, R, s0, h1 - h0, yp + oy * Wo, ap + oy * Wo, Wo);
+        }
+    }
+}
+
+/* Horizontal strides 1 and 2 only (the caller sends the others to the window-by-window kernel). work: 2 total
+ * elements of fc_max_pool2d_values_layout, the values' ring then the indices'. */
+void POOL_ARGMAX_NAME(int64_t planes, const T *FC_RESTRICT x, T *FC_RESTRICT y, int64_t *FC_RESTRICT argmax,
+                      const fc_pool2d_desc *d, T *FC_RESTRICT work) {
+    const int64_t kw = d->kernel_w, sw = d->stride_w;
+    if (kw == 3 && sw == 1)
+        PT_HELPER(planes_arg)(planes, x, y, argmax, d, work, 3, 1);
+    else if (kw == 3 && sw == 2)
+        PT_HELPER(planes_arg)(planes, x, y, argmax, d, work, 3, 2);
+    else if (kw == 2 && sw == 2)
+        PT_HELPER(planes_arg)(planes, x, y, argmax, d, work, 2, 2);
+    else if (sw == 1)
+        PT_HELPER(planes_arg)(planes, x, y, argmax, d, work, kw, 1);
+    else
+        PT_HELPER(planes_arg)(planes, x, y, argmax, d, work, kw, 2);
+}
+
+#undef PT_STEP
+#endif /* POOL_ARGMAX_NAME */
 
 #undef PT_TAP
 #undef PT_ADDR

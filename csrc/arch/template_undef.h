@@ -30,3 +30,17 @@
 #undef VLOADM
 #undef VSTOREN
 #undef POOL_NAME
+#undef POOL_ARGMAX_NAME
+#undef ITYPE
+#undef IVEC
+#undef VTAKE_T
+#undef VTAKE
+#undef VSEL
+#undef VSELI
+#undef VSET1I
+#undef VADDI
+#undef VLOADUI
+#undef VSTOREUI
+#undef VIOTAI
+#undef VSTOREL
+#undef VSTORELN

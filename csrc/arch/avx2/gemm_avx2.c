@@ -48,6 +48,29 @@ static inline __m256i first_lanes_32(int64_t n) {
 static inline __m256i first_lanes_64(int64_t n) {
     return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
 }
+/* Max pooling with argmax: the lanes where v replaces the running maximum m ((v > m) | (v != v)), and the
+ * winners' indices widened to int64 (all lanes, or the first n). */
+static inline __m256 take_ps(__m256 m, __m256 v) {
+    return _mm256_or_ps(_mm256_cmp_ps(v, m, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+}
+static inline __m256d take_pd(__m256d m, __m256d v) {
+    return _mm256_or_pd(_mm256_cmp_pd(v, m, _CMP_GT_OQ), _mm256_cmp_pd(v, v, _CMP_UNORD_Q));
+}
+static inline __m256i sel_epi32(__m256 k, __m256i a, __m256i b) {
+    return _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(b), k));
+}
+static inline __m256i sel_epi64(__m256d k, __m256i a, __m256i b) {
+    return _mm256_castpd_si256(_mm256_blendv_pd(_mm256_castsi256_pd(a), _mm256_castsi256_pd(b), k));
+}
+static inline void store_wide_epi32(int64_t *p, __m256i v) {
+    _mm256_storeu_si256((__m256i *)p, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(v)));
+    _mm256_storeu_si256((__m256i *)(p + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(v, 1)));
+}
+static inline void store_wide_n_epi32(int64_t *p, __m256i v, int64_t n) {
+    _mm256_maskstore_epi64((long long *)p, first_lanes_64(n), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(v)));
+    _mm256_maskstore_epi64((long long *)(p + 4), first_lanes_64(n - 4),
+                           _mm256_cvtepi32_epi64(_mm256_extracti128_si256(v, 1)));
+}
 /* The lanes of k from p (a masked load: the others are not accessed), -inf in the others. */
 static inline __m256 load_masked_ps(const float *p, __m256i k) {
     return _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), _mm256_maskload_ps(p, k), _mm256_castsi256_ps(k));
@@ -96,6 +119,20 @@ static inline __m256d load_masked_pd(const double *p, __m256i k) {
 #define VLOADM(xr, e, k) load_masked_ps(PT_ADDR(xr, e), k)
 #define VSTOREN(p, v, n) _mm256_maskstore_ps(p, first_lanes_32(n), v)
 #define POOL_NAME fc_smax_pool_values_avx2
+#define POOL_ARGMAX_NAME fc_smax_pool_argmax_avx2
+#define ITYPE int32_t
+#define IVEC __m256i
+#define VTAKE_T __m256
+#define VTAKE(m, v) take_ps(m, v)
+#define VSEL(k, m, v) _mm256_blendv_ps(m, v, k)
+#define VSELI(k, a, b) sel_epi32(k, a, b)
+#define VSET1I(s) _mm256_set1_epi32(s)
+#define VADDI(a, b) _mm256_add_epi32(a, b)
+#define VLOADUI(p) _mm256_loadu_si256((const __m256i *)(p))
+#define VSTOREUI(p, v) _mm256_storeu_si256((__m256i *)(p), v)
+#define VIOTAI() _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)
+#define VSTOREL(p, v) store_wide_epi32(p, v)
+#define VSTORELN(p, v, n) store_wide_n_epi32(p, v, n)
 #include "../pool_template.h"
 #include "../template_undef.h"
 
@@ -132,6 +169,20 @@ static inline __m256d load_masked_pd(const double *p, __m256i k) {
 #define VLOADM(xr, e, k) load_masked_pd(PT_ADDR(xr, e), k)
 #define VSTOREN(p, v, n) _mm256_maskstore_pd(p, first_lanes_64(n), v)
 #define POOL_NAME fc_dmax_pool_values_avx2
+#define POOL_ARGMAX_NAME fc_dmax_pool_argmax_avx2
+#define ITYPE int64_t
+#define IVEC __m256i
+#define VTAKE_T __m256d
+#define VTAKE(m, v) take_pd(m, v)
+#define VSEL(k, m, v) _mm256_blendv_pd(m, v, k)
+#define VSELI(k, a, b) sel_epi64(k, a, b)
+#define VSET1I(s) _mm256_set1_epi64x(s)
+#define VADDI(a, b) _mm256_add_epi64(a, b)
+#define VLOADUI(p) _mm256_loadu_si256((const __m256i *)(p))
+#define VSTOREUI(p, v) _mm256_storeu_si256((__m256i *)(p), v)
+#define VIOTAI() _mm256_setr_epi64x(0, 1, 2, 3)
+#define VSTOREL(p, v) _mm256_storeu_si256((__m256i *)(p), v)
+#define VSTORELN(p, v, n) _mm256_maskstore_epi64((long long *)(p), first_lanes_64(n), v)
 #include "../pool_template.h"
 
 #define TRANSPOSE_NAME(PFX) fc_##PFX##transpose_avx2
@@ -147,6 +198,7 @@ const fc_arch fc_arch_avx2 = {
      fc_smax_pool_values_avx2,
      {0, fc_sgemm_ukr_avx2_1_ep, fc_sgemm_ukr_avx2_2_ep, 0, 0},
      3, 3, {0, fc_sbcast_ukr_avx2_1, fc_sbcast_ukr_avx2_2, fc_sbcast_ukr_avx2_3, 0},
+     fc_smax_pool_argmax_avx2,
      fc_stranspose_avx2},
     {6, 4, 2, 144, 256, 2048, {0, fc_dgemm_ukr_avx2_1, fc_dgemm_ukr_avx2_2, 0, 0},
      6, 2, 3, 4, {0, fc_ddirect_ukr_avx2_1, fc_ddirect_ukr_avx2_2, 0, 0}, fc_dwgrad_ukr_avx2,
@@ -155,5 +207,6 @@ const fc_arch fc_arch_avx2 = {
      fc_dmax_pool_values_avx2,
      {0, fc_dgemm_ukr_avx2_1_ep, fc_dgemm_ukr_avx2_2_ep, 0, 0},
      3, 3, {0, fc_dbcast_ukr_avx2_1, fc_dbcast_ukr_avx2_2, fc_dbcast_ukr_avx2_3, 0},
+     fc_dmax_pool_argmax_avx2,
      fc_dtranspose_avx2},
 };

@@ -15,6 +15,23 @@ static inline __m512 maxn_ps(__m512 m, __m512 v) {
 static inline __m512d maxn_pd(__m512d m, __m512d v) {
     return _mm512_mask_max_pd(v, _mm512_cmp_pd_mask(v, v, _CMP_ORD_Q), v, m);
 }
+/* Max pooling with argmax: the lanes where v replaces the running maximum m ((v > m) | (v != v)), and the
+ * winners' indices widened to int64 (all lanes, or the first n). */
+static inline __mmask16 take_ps(__m512 m, __m512 v) {
+    return _mm512_cmp_ps_mask(v, m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+}
+static inline __mmask8 take_pd(__m512d m, __m512d v) {
+    return _mm512_cmp_pd_mask(v, m, _CMP_GT_OQ) | _mm512_cmp_pd_mask(v, v, _CMP_UNORD_Q);
+}
+static inline __mmask8 first_lanes_8(int64_t n) { return (__mmask8)(n <= 0 ? 0 : n >= 8 ? 0xff : (1u << n) - 1); }
+static inline void store_wide_epi32(int64_t *p, __m512i v) {
+    _mm512_storeu_si512(p, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(v)));
+    _mm512_storeu_si512(p + 8, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v, 1)));
+}
+static inline void store_wide_n_epi32(int64_t *p, __m512i v, int64_t n) {
+    _mm512_mask_storeu_epi64(p, first_lanes_8(n), _mm512_cvtepi32_epi64(_mm512_castsi512_si256(v)));
+    _mm512_mask_storeu_epi64(p + 8, first_lanes_8(n - 8), _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v, 1)));
+}
 
 #define T float
 #define VEC __m512
@@ -56,6 +73,20 @@ static inline __m512d maxn_pd(__m512d m, __m512d v) {
 #define VLOADM(xr, e, k) _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), k, PT_ADDR(xr, e))
 #define VSTOREN(p, v, n) _mm512_mask_storeu_ps(p, (__mmask16)((1u << (n)) - 1), v)
 #define POOL_NAME fc_smax_pool_values_avx512
+#define POOL_ARGMAX_NAME fc_smax_pool_argmax_avx512
+#define ITYPE int32_t
+#define IVEC __m512i
+#define VTAKE_T __mmask16
+#define VTAKE(m, v) take_ps(m, v)
+#define VSEL(k, m, v) _mm512_mask_blend_ps(k, m, v)
+#define VSELI(k, a, b) _mm512_mask_blend_epi32(k, a, b)
+#define VSET1I(s) _mm512_set1_epi32(s)
+#define VADDI(a, b) _mm512_add_epi32(a, b)
+#define VLOADUI(p) _mm512_loadu_si512(p)
+#define VSTOREUI(p, v) _mm512_storeu_si512(p, v)
+#define VIOTAI() _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+#define VSTOREL(p, v) store_wide_epi32(p, v)
+#define VSTORELN(p, v, n) store_wide_n_epi32(p, v, n)
 #include "../pool_template.h"
 #include "../template_undef.h"
 
@@ -91,6 +122,20 @@ static inline __m512d maxn_pd(__m512d m, __m512d v) {
 #define VLOADM(xr, e, k) _mm512_mask_loadu_pd(_mm512_set1_pd(-INFINITY), k, PT_ADDR(xr, e))
 #define VSTOREN(p, v, n) _mm512_mask_storeu_pd(p, (__mmask8)((1u << (n)) - 1), v)
 #define POOL_NAME fc_dmax_pool_values_avx512
+#define POOL_ARGMAX_NAME fc_dmax_pool_argmax_avx512
+#define ITYPE int64_t
+#define IVEC __m512i
+#define VTAKE_T __mmask8
+#define VTAKE(m, v) take_pd(m, v)
+#define VSEL(k, m, v) _mm512_mask_blend_pd(k, m, v)
+#define VSELI(k, a, b) _mm512_mask_blend_epi64(k, a, b)
+#define VSET1I(s) _mm512_set1_epi64(s)
+#define VADDI(a, b) _mm512_add_epi64(a, b)
+#define VLOADUI(p) _mm512_loadu_si512(p)
+#define VSTOREUI(p, v) _mm512_storeu_si512(p, v)
+#define VIOTAI() _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7)
+#define VSTOREL(p, v) _mm512_storeu_si512(p, v)
+#define VSTORELN(p, v, n) _mm512_mask_storeu_epi64(p, first_lanes_8(n), v)
 #include "../pool_template.h"
 
 #define TRANSPOSE_NAME(PFX) fc_##PFX##transpose_avx512
@@ -108,6 +153,7 @@ const fc_arch fc_arch_avx512 = {
      fc_smax_pool_values_avx512,
      {0, fc_sgemm_ukr_avx512_1_ep, fc_sgemm_ukr_avx512_2_ep, fc_sgemm_ukr_avx512_3_ep, 0},
      6, 4, {0, fc_sbcast_ukr_avx512_1, fc_sbcast_ukr_avx512_2, fc_sbcast_ukr_avx512_3, fc_sbcast_ukr_avx512_4},
+     fc_smax_pool_argmax_avx512,
      fc_stranspose_avx512},
     {8, 8, 3, 192, 256, 2048, {0, fc_dgemm_ukr_avx512_1, fc_dgemm_ukr_avx512_2, fc_dgemm_ukr_avx512_3, 0},
      6, 4, 6, 4,
@@ -118,5 +164,6 @@ const fc_arch fc_arch_avx512 = {
      fc_dmax_pool_values_avx512,
      {0, fc_dgemm_ukr_avx512_1_ep, fc_dgemm_ukr_avx512_2_ep, fc_dgemm_ukr_avx512_3_ep, 0},
      6, 4, {0, fc_dbcast_ukr_avx512_1, fc_dbcast_ukr_avx512_2, fc_dbcast_ukr_avx512_3, fc_dbcast_ukr_avx512_4},
+     fc_dmax_pool_argmax_avx512,
      fc_dtranspose_avx512},
 };

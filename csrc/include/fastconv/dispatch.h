@@ -74,6 +74,13 @@ typedef void (*fc_smax_pool_values_ukr)(int64_t planes, const float *FC_RESTRICT
                                         const struct fc_pool2d_desc *d, float *FC_RESTRICT work);
 typedef void (*fc_dmax_pool_values_ukr)(int64_t planes, const double *FC_RESTRICT x, double *FC_RESTRICT y,
                                         const struct fc_pool2d_desc *d, double *FC_RESTRICT work);
+/* The same with the argmax (the training path), horizontal strides 1 and 2: work holds twice those elements. */
+typedef void (*fc_smax_pool_argmax_ukr)(int64_t planes, const float *FC_RESTRICT x, float *FC_RESTRICT y,
+                                        int64_t *FC_RESTRICT argmax, const struct fc_pool2d_desc *d,
+                                        float *FC_RESTRICT work);
+typedef void (*fc_dmax_pool_argmax_ukr)(int64_t planes, const double *FC_RESTRICT x, double *FC_RESTRICT y,
+                                        int64_t *FC_RESTRICT argmax, const struct fc_pool2d_desc *d,
+                                        double *FC_RESTRICT work);
 
 /* fc_Xtranspose (gemm.h) at the ISA's vector width. */
 typedef void (*fc_stranspose_ukr)(const float *FC_RESTRICT src, int64_t rows, int64_t cols, int64_t lds,
@@ -98,6 +105,7 @@ typedef struct fc_sgemm_kernel {
     fc_sgemm_ukr_ep ukr_ep[FC_MAX_NV + 1]; /* ukr[v] with the epilogue */
     int bmp, bnv;                          /* broadcast direct tile: bmp pixels x up to bnv vectors of filters */
     fc_sbcast_ukr bcast[FC_MAX_NV + 1];
+    fc_smax_pool_argmax_ukr max_pool_argmax;
     fc_stranspose_ukr transpose;
 } fc_sgemm_kernel;
 
@@ -117,6 +125,7 @@ typedef struct fc_dgemm_kernel {
     fc_dgemm_ukr_ep ukr_ep[FC_MAX_NV + 1];
     int bmp, bnv;
     fc_dbcast_ukr bcast[FC_MAX_NV + 1];
+    fc_dmax_pool_argmax_ukr max_pool_argmax;
     fc_dtranspose_ukr transpose;
 } fc_dgemm_kernel;
 

@@ -54,7 +54,28 @@ static inline int fc_max_pool2d_values_layout(const fc_pool2d_desc *d, int64_t *
     return FC_OK;
 }
 
-/* x (N, C, H, W) -> y, argmax (N, C, Ho, Wo). */
+/* The workspace per thread of the max-pool kernels with argmax (max_pool_argmax in fastconv/dispatch.h): the ring
+ * of fc_max_pool2d_values_layout and a ring of indices as large (total = 2 R ldh elements). */
+static inline int fc_max_pool2d_argmax_layout(const fc_pool2d_desc *d, int64_t *ldh, int64_t *rows, int64_t *total) {
+    int64_t t;
+    if (fc_max_pool2d_values_layout(d, ldh, rows, &t) || fc_mul_overflow(t, 2, total)) return FC_ERR_OVERFLOW;
+    return FC_OK;
+}
+
+/* Which kernel max pooling with argmax runs, process-wide (for tests and benchmarks):
+ *   FC_POOL_ARGMAX_AUTO     the selected arch's separable kernel for horizontal strides 1 and 2 (the default),
+ *                           the window-by-window kernel for the other strides
+ *   FC_POOL_ARGMAX_WINDOWS  the window-by-window kernel always
+ * Both give the same y and argmax bit for bit. set returns FC_ERR_ARG for another mode. */
+enum { FC_POOL_ARGMAX_AUTO = 0, FC_POOL_ARGMAX_WINDOWS = 1 };
+int fc_max_pool2d_set_argmax_mode(int mode);
+int fc_max_pool2d_argmax_mode(void);
+/* Whether max pooling with argmax of elements of elem_size bytes runs the separable kernel for d (valid) under the
+ * current mode. */
+int fc_max_pool2d_argmax_separable(const fc_pool2d_desc *d, int64_t elem_size);
+
+/* x (N, C, H, W) -> y, argmax (N, C, Ho, Wo). Workspace per thread on the separable kernel:
+ * fc_max_pool2d_argmax_layout's total (FC_ERR_NOMEM when it cannot be allocated). */
 int fc_smax_pool2d_forward(const fc_context *ctx, const float *x, float *y, int64_t *argmax,
                            const fc_pool2d_desc *d);
 int fc_dmax_pool2d_forward(const fc_context *ctx, const double *x, double *y, int64_t *argmax,
