@@ -194,28 +194,6 @@ int fc_conv2d_direct_lanes(const fc_conv2d_desc *d, int vl) {
     return 10 * d->n * g.qv > 12 * d->oh * d->ow * lanes_total;
 }
 
-static int bcast_mode = FC_CONV_DIRECT_AUTO;
-
-int fc_conv2d_set_bcast_mode(int mode) {
-    if (mode < FC_CONV_DIRECT_AUTO || mode > FC_CONV_DIRECT_ALWAYS) return FC_ERR_ARG;
-    bcast_mode = mode;
-    return FC_OK;
-}
-
-int fc_conv2d_bcast_mode(void) { return bcast_mode; }
-
-/* Measured on GoogLeNet's and ResNet's first layer (3 -> 64, 7x7 stride 2, 224x224, batch 8): see
- * conv2d_forward_bcast. The staged padded image must stay small, as for the other direct kernels. */
-int fc_conv2d_use_bcast(const fc_conv2d_desc *d) {
-    int64_t plane, stage;
-    if (bcast_mode == FC_CONV_DIRECT_NEVER || d->groups != 1 || d->n < 1) return 0;
-    if (fc_mul_overflow(d->h + 2 * d->ph, d->w + 2 * d->pw, &plane) || fc_mul_overflow(plane, d->c, &stage) ||
-        stage > FC_DIRECT_MAX_STAGE)
-        return 0;
-    if (bcast_mode == FC_CONV_DIRECT_ALWAYS) return 1;
-    return d->c <= FC_BCAST_MAX_CHANNELS && d->f >= FC_BCAST_MIN_FILTERS && d->kh * d->kw >= 9;
-}
-
 /* Layers rearranged into 3x3-like stride-1 layers that run on Winograd. The input becomes phases,
  *     x2[c, a, b](i, j) = xpad[c](i s + a t, j s + b t),   a, b < P,
  * an image of c P^2 channels on which the kernel w2[f][c, a, b](u, v) = w[f][c](u s + a t, v s + b t) (zero past
@@ -254,7 +232,6 @@ int fc_conv2d_forward_path(const fc_context *ctx, const fc_conv2d_desc *d, int64
     if (fc_conv2d_use_winograd(d) || fc_conv2d_rearranged(d, &d2, &step)) return FC_CONV_PATH_WINOGRAD;
     int vl = elem_size == (int64_t)sizeof(float) ? ctx->arch->s.vl : ctx->arch->d.vl;
     if (d->n > 0 && fc_conv2d_use_direct(d, vl, elem_size)) return FC_CONV_PATH_DIRECT;
-    if (fc_conv2d_use_bcast(d)) return FC_CONV_PATH_BCAST;
     return FC_CONV_PATH_GEMM;
 }
 

@@ -38,21 +38,17 @@ FC_DEFINE_NAIVE(double, d)
 #define UKR_NAME(v) fc_sgemm_ukr_ref_##v
 #include "arch/ukernel_template.h"
 #define VHSUM(x) (x)
-#define BMP 4
-#define BNV 4
 #define DFB 4
 #define DNV 4
 #define WFB 4
 #define WTB 4
 #define DIRECT_NAME(v) fc_sdirect_ukr_ref_##v
-#define BCAST_NAME(v) fc_sbcast_ukr_ref_##v
 #define WGRAD_NAME fc_swgrad_ukr_ref
 #include "arch/direct_template.h"
 #define VSTORE_FIRST(d, s, n) /* VL = 1: n is always 0 */
 #define WINO_NAME(x) fc_swinograd_##x##_ref
 #include "arch/winograd_template.h"
 #undef WINO_NAME
-#undef BCAST_NAME
 #undef DIRECT_NAME
 #undef WGRAD_NAME
 #undef T
@@ -68,7 +64,6 @@ FC_DEFINE_NAIVE(double, d)
 #define UKR_NAME(v) fc_dgemm_ukr_ref_##v
 #include "arch/ukernel_template.h"
 #define DIRECT_NAME(v) fc_ddirect_ukr_ref_##v
-#define BCAST_NAME(v) fc_dbcast_ukr_ref_##v
 #define WGRAD_NAME fc_dwgrad_ukr_ref
 #include "arch/direct_template.h"
 #define WINO_NAME(x) fc_dwinograd_##x##_ref
@@ -235,7 +230,6 @@ const fc_arch fc_arch_ref = {
      fc_sgemm_ukr_ref_epilogue,
      fc_smax_pool_values_ref,
      {0, fc_sgemm_ukr_ref_1_ep, fc_sgemm_ukr_ref_2_ep, fc_sgemm_ukr_ref_3_ep, fc_sgemm_ukr_ref_4_ep},
-     4, 4, {0, fc_sbcast_ukr_ref_1, fc_sbcast_ukr_ref_2, fc_sbcast_ukr_ref_3, fc_sbcast_ukr_ref_4},
      fc_smax_pool_argmax_ref,
      fc_stranspose_portable},
     {4, 1, 4, 128, 256, 2048,
@@ -246,7 +240,6 @@ const fc_arch fc_arch_ref = {
      fc_dgemm_ukr_ref_epilogue,
      fc_dmax_pool_values_ref,
      {0, fc_dgemm_ukr_ref_1_ep, fc_dgemm_ukr_ref_2_ep, fc_dgemm_ukr_ref_3_ep, fc_dgemm_ukr_ref_4_ep},
-     4, 4, {0, fc_dbcast_ukr_ref_1, fc_dbcast_ukr_ref_2, fc_dbcast_ukr_ref_3, fc_dbcast_ukr_ref_4},
      fc_dmax_pool_argmax_ref,
      fc_dtranspose_portable},
 };

@@ -8,8 +8,6 @@ cdef extern from "fastconv/conv.h" nogil:
     int fc_conv2d_input_grad_method()
     int fc_conv2d_set_direct_mode(int mode)
     int fc_conv2d_direct_mode()
-    int fc_conv2d_set_bcast_mode(int mode)
-    int fc_conv2d_bcast_mode()
     int fc_conv2d_set_direct_layout(int layout)
     int fc_conv2d_direct_layout()
     int fc_conv2d_set_winograd_mode(int mode)
@@ -85,20 +83,6 @@ def conv2d_direct_mode(mode=None):
     return previous
 
 
-def conv2d_broadcast_mode(mode=None):
-    """The process-wide use of the broadcast direct forward ("auto", "never" or "always"); sets it when given.
-
-    It puts the filters in the vector lanes and broadcasts input values, for layers with few input channels and
-    many filters at any stride (a network's first layer: "auto"); "always" takes every layer with groups=1 whose
-    padded image is small enough. Returns the previous setting. Meant for tests and benchmarks."""
-    previous = _DIRECT_MODES[fc_conv2d_bcast_mode()]
-    if mode is not None:
-        if mode not in _DIRECT_MODES:
-            raise ValueError(f"mode must be one of {_DIRECT_MODES}, got {mode!r}")
-        check(fc_conv2d_set_bcast_mode(_DIRECT_MODES.index(mode)))
-    return previous
-
-
 _DIRECT_LAYOUTS = ("auto", "wide", "lanes")
 
 
@@ -146,7 +130,7 @@ def conv2d_workspace_bytes(tuple x_shape, tuple w_shape, tuple stride, tuple pad
     return fc_conv2d_workspace_bytes(&d, itemsize)
 
 
-_FORWARD_PATHS = ("gemm", "direct", "winograd", "broadcast")
+_FORWARD_PATHS = ("gemm", "direct", "winograd")
 
 
 def conv2d_forward_path(tuple x_shape, tuple w_shape, tuple stride, tuple padding, tuple dilation, int64_t groups,

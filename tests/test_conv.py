@@ -221,6 +221,8 @@ DIRECT_CASES = {
     "strided_groups": ((2, 4, 17, 35), (6, 2, 5, 3), dict(stride=(2, 3), padding=(2, 1), groups=2)),
     "strided_one_image": ((1, 3, 30, 70), (12, 3, 7, 7), dict(stride=2, padding=3)),
     "strided_one_image_long_rows": ((1, 3, 12, 140), (12, 3, 7, 7), dict(stride=2, padding=3)),
+    "strided_many_filters": ((3, 3, 23, 21), (64, 3, 7, 7), dict(stride=2, padding=3)),
+    "strided_odd_filters_unequal_strides": ((2, 2, 11, 13), (37, 2, 3, 5), dict(stride=(2, 3), padding=(1, 2))),
 }
 
 
@@ -243,44 +245,6 @@ def test_strided_direct_auto_choice():
     assert path((8, 64, 56, 56), (128, 64, 3, 3), p=(1, 1)) == "gemm"  # many channels
     assert path((8, 3, 56, 56), (64, 3, 1, 1), p=(0, 0)) == "gemm"     # 1x1
     assert path((8, 3, 224, 224), (200, 3, 7, 7)) != "direct"          # more filters than the direct kernels take
-
-
-# The broadcast direct forward (filters in the vector lanes) on every geometry it can take when forced: strides
-# that differ per axis, dilation, padding, more channels, filters that are not whole vectors (1..bnv of them: 16
-# filters per vector on AVX-512, 8 on AVX2, 1 portable), rows not a multiple of its pixel tile; the input gradient
-# runs through it too (a flipped forward convolution).
-BROADCAST_CASES = {
-    "first_layer": ((3, 3, 23, 21), (64, 3, 7, 7), dict(stride=2, padding=3)),
-    "filters_not_vectors": ((2, 2, 11, 13), (37, 2, 3, 5), dict(stride=(2, 3), padding=(1, 2))),
-    "dilation": ((1, 4, 15, 14), (20, 4, 3, 3), dict(dilation=2, padding=1)),
-    "one_filter": ((2, 3, 8, 9), (1, 3, 2, 2), dict()),
-    "many_filters": ((1, 1, 9, 7), (70, 1, 5, 5), dict(padding=2)),
-}
-
-
-@pytest.mark.parametrize("case", list(BROADCAST_CASES))
-def test_broadcast_direct_kernels(arch, nthreads, case):
-    x_shape, w_shape, geometry = BROADCAST_CASES[case]
-    previous = _C.conv2d_broadcast_mode("always")
-    previous_direct = _C.conv2d_direct_mode("never")
-    try:
-        pair = lambda v: v if isinstance(v, tuple) else (v, v)
-        g = {**dict(stride=1, padding=0, dilation=1), **geometry}
-        assert _C.conv2d_forward_path(x_shape, w_shape, pair(g["stride"]), pair(g["padding"]), pair(g["dilation"]),
-                                      1, 4) in ("broadcast", "winograd")
-        run_case(x_shape, w_shape, geometry)
-    finally:
-        _C.conv2d_broadcast_mode(previous)
-        _C.conv2d_direct_mode(previous_direct)
-
-
-def test_broadcast_auto_choice():
-    """Auto: few channels and more filters than the direct kernels take, groups 1."""
-    path = lambda x, w, s=(2, 2), p=(3, 3), g=1: _C.conv2d_forward_path(x, w, s, p, (1, 1), g, 4)
-    assert path((8, 3, 224, 224), (200, 3, 7, 7)) == "broadcast"
-    assert path((8, 3, 224, 224), (16, 3, 7, 7)) != "broadcast"   # few filters
-    assert path((8, 16, 56, 56), (64, 16, 7, 7)) != "broadcast"   # many channels
-    assert path((8, 4, 56, 56), (64, 2, 7, 7), g=2) != "broadcast"
 
 
 @pytest.fixture(params=["wide", "lanes"])
@@ -514,8 +478,7 @@ def test_winograd_auto_choice():
     (_C.conv2d_input_grad_method, "flipped", "winograd", "method must be one of"),
     (_C.conv2d_winograd_mode, "never", True, "mode must be one of"),
     (_C.conv2d_direct_layout, "lanes", "rows", "layout must be one of"),
-    (_C.conv2d_broadcast_mode, "never", "sometimes", "mode must be one of"),
-], ids=["direct_mode", "input_grad_method", "winograd_mode", "direct_layout", "broadcast_mode"])
+], ids=["direct_mode", "input_grad_method", "winograd_mode", "direct_layout"])
 def test_path_settings(setting, value, bad, message):
     """Each process-wide path setting: "auto" by default, returns the previous value, rejects others."""
     previous = setting()
@@ -807,7 +770,6 @@ FUSED_CASES = {
     "direct": ((4, 6, 14, 14), (16, 6, 5, 5), dict(), "direct"),
     "direct_strided": ((2, 3, 30, 37), (20, 3, 7, 7), dict(stride=2, padding=3), "direct"),
     "direct_strided_n1": ((1, 3, 30, 37), (20, 3, 7, 7), dict(stride=2, padding=3), "direct"),
-    "broadcast": ((2, 3, 30, 29), (130, 3, 7, 7), dict(stride=2, padding=3), "broadcast"),
     "winograd": ((3, 16, 11, 9), (40, 16, 3, 3), dict(padding=1), "winograd"),
     "rearranged_strided": ((2, 3, 39, 39), (96, 3, 11, 11), dict(stride=4), "winograd"),
     "rearranged_shifts": ((2, 32, 9, 8), (130, 32, 5, 5), dict(padding=2), "winograd"),

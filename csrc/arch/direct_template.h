@@ -100,59 +100,6 @@ void WGRAD_NAME(int64_t nimg, int64_t nq, const T *FC_RESTRICT dy, int64_t lddy,
             if (f < fb && t < tb) out[f * ldo + t] += VHSUM(acc[f][t]);
 }
 
-/* Few input channels, many filters (a network's first layer: 3 channels, 7x7 stride 2, 64 filters): the filters
- * go in the lanes and the input is broadcast, so any stride costs nothing and nothing is packed. BMP output
- * pixels of one row x v vectors of filters, v = 1..BNV (BMP * BNV accumulators):
- *     out[j * ldo + f] = sum_t w[t * v * VL + f] * x[j * xstep + off[t]]   for j < BMP, f < v * VL
- * x points at pixel 0's window origin in a zero-padded staged image; all BMP pixels are computed (the caller
- * leaves room past the row's end). */
-#define BCAST_BODY DT_CAT(BCAST_NAME(0), _body)
-static inline __attribute__((always_inline)) void BCAST_BODY(const int nv, int64_t ntaps,
-                                                             const int64_t *FC_RESTRICT off, const T *FC_RESTRICT x,
-                                                             int64_t xstep, const T *FC_RESTRICT w,
-                                                             T *FC_RESTRICT out, int64_t ldo) {
-    VEC acc[BMP][BNV];
-#pragma GCC unroll 16
-    for (int j = 0; j < BMP; j++)
-#pragma GCC unroll 4
-        for (int v = 0; v < nv; v++) acc[j][v] = VZERO();
-    for (int64_t t = 0; t < ntaps; t++) {
-        const T *xt = x + off[t];
-        VEC wv[BNV];
-#pragma GCC unroll 4
-        for (int v = 0; v < nv; v++) wv[v] = VLOADU(w + v * VL);
-#pragma GCC unroll 16
-        for (int j = 0; j < BMP; j++) {
-            VEC xj = VSET1(xt[j * xstep]);
-#pragma GCC unroll 4
-            for (int v = 0; v < nv; v++) acc[j][v] = VFMA(xj, wv[v], acc[j][v]);
-        }
-        w += nv * VL;
-    }
-#pragma GCC unroll 16
-    for (int j = 0; j < BMP; j++)
-#pragma GCC unroll 4
-        for (int v = 0; v < nv; v++) VSTOREU(out + j * ldo + v * VL, acc[j][v]);
-}
-
-#define BCAST_DEFINE(v)                                                                                          \
-    void BCAST_NAME(v)(int64_t ntaps, const int64_t *FC_RESTRICT off, const T *FC_RESTRICT x, int64_t xstep,    \
-                       const T *FC_RESTRICT w, T *FC_RESTRICT out, int64_t ldo) {                               \
-        BCAST_BODY(v, ntaps, off, x, xstep, w, out, ldo);                                                        \
-    }
-BCAST_DEFINE(1)
-#if BNV >= 2
-BCAST_DEFINE(2)
-#endif
-#if BNV >= 3
-BCAST_DEFINE(3)
-#endif
-#if BNV >= 4
-BCAST_DEFINE(4)
-#endif
-#undef BCAST_DEFINE
-#undef BCAST_BODY
-
 #undef DIRECT_DEFINE
 #undef DIRECT_BODY
 #undef DT_CAT

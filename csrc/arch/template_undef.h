@@ -19,7 +19,6 @@
 #undef UKR_NAME
 #undef DIRECT_NAME
 #undef WGRAD_NAME
-#undef BCAST_NAME
 #undef WINO_NAME
 #undef VSTORE_FIRST
 #undef VMAXN

@@ -96,14 +96,11 @@ static inline __m256d load_masked_pd(const double *p, __m256i k) {
 #define UKR_NAME(v) fc_sgemm_ukr_avx2_##v
 #include "../ukernel_template.h"
 #define VHSUM(x) hsum_ps(x)
-#define BMP 3
-#define BNV 3
 #define DFB 6
 #define DNV 2
 #define WFB 3
 #define WTB 4
 #define DIRECT_NAME(v) fc_sdirect_ukr_avx2_##v
-#define BCAST_NAME(v) fc_sbcast_ukr_avx2_##v
 #define WGRAD_NAME fc_swgrad_ukr_avx2
 #include "../direct_template.h"
 #define VSTORE_FIRST(d, s, n)                                                                                \
@@ -154,7 +151,6 @@ static inline __m256d load_masked_pd(const double *p, __m256i k) {
 #include "../ukernel_template.h"
 #define VHSUM(x) hsum_pd(x)
 #define DIRECT_NAME(v) fc_ddirect_ukr_avx2_##v
-#define BCAST_NAME(v) fc_dbcast_ukr_avx2_##v
 #define WGRAD_NAME fc_dwgrad_ukr_avx2
 #include "../direct_template.h"
 #define VSTORE_FIRST(d, s, n) \
@@ -197,7 +193,6 @@ const fc_arch fc_arch_avx2 = {
      fc_sgemm_ukr_avx2_epilogue,
      fc_smax_pool_values_avx2,
      {0, fc_sgemm_ukr_avx2_1_ep, fc_sgemm_ukr_avx2_2_ep, 0, 0},
-     3, 3, {0, fc_sbcast_ukr_avx2_1, fc_sbcast_ukr_avx2_2, fc_sbcast_ukr_avx2_3, 0},
      fc_smax_pool_argmax_avx2,
      fc_stranspose_avx2},
     {6, 4, 2, 144, 256, 2048, {0, fc_dgemm_ukr_avx2_1, fc_dgemm_ukr_avx2_2, 0, 0},
@@ -206,7 +201,6 @@ const fc_arch fc_arch_avx2 = {
      fc_dgemm_ukr_avx2_epilogue,
      fc_dmax_pool_values_avx2,
      {0, fc_dgemm_ukr_avx2_1_ep, fc_dgemm_ukr_avx2_2_ep, 0, 0},
-     3, 3, {0, fc_dbcast_ukr_avx2_1, fc_dbcast_ukr_avx2_2, fc_dbcast_ukr_avx2_3, 0},
      fc_dmax_pool_argmax_avx2,
      fc_dtranspose_avx2},
 };

@@ -50,14 +50,11 @@ static inline void store_wide_n_epi32(int64_t *p, __m512i v, int64_t n) {
 #define UKR_NAME(v) fc_sgemm_ukr_avx512_##v
 #include "../ukernel_template.h"
 #define VHSUM(x) _mm512_reduce_add_ps(x)
-#define BMP 6
-#define BNV 4
 #define DFB 6
 #define DNV 4
 #define WFB 6
 #define WTB 4
 #define DIRECT_NAME(v) fc_sdirect_ukr_avx512_##v
-#define BCAST_NAME(v) fc_sbcast_ukr_avx512_##v
 #define WGRAD_NAME fc_swgrad_ukr_avx512
 #include "../direct_template.h"
 #define VSTORE_FIRST(d, s, n) _mm512_mask_storeu_ps(d, (__mmask16)((1u << (n)) - 1), _mm512_load_ps(s))
@@ -108,7 +105,6 @@ static inline void store_wide_n_epi32(int64_t *p, __m512i v, int64_t n) {
 #include "../ukernel_template.h"
 #define VHSUM(x) _mm512_reduce_add_pd(x)
 #define DIRECT_NAME(v) fc_ddirect_ukr_avx512_##v
-#define BCAST_NAME(v) fc_dbcast_ukr_avx512_##v
 #define WGRAD_NAME fc_dwgrad_ukr_avx512
 #include "../direct_template.h"
 #define VSTORE_FIRST(d, s, n) _mm512_mask_storeu_pd(d, (__mmask8)((1u << (n)) - 1), _mm512_load_pd(s))
@@ -152,7 +148,6 @@ const fc_arch fc_arch_avx512 = {
      fc_sgemm_ukr_avx512_epilogue,
      fc_smax_pool_values_avx512,
      {0, fc_sgemm_ukr_avx512_1_ep, fc_sgemm_ukr_avx512_2_ep, fc_sgemm_ukr_avx512_3_ep, 0},
-     6, 4, {0, fc_sbcast_ukr_avx512_1, fc_sbcast_ukr_avx512_2, fc_sbcast_ukr_avx512_3, fc_sbcast_ukr_avx512_4},
      fc_smax_pool_argmax_avx512,
      fc_stranspose_avx512},
     {8, 8, 3, 192, 256, 2048, {0, fc_dgemm_ukr_avx512_1, fc_dgemm_ukr_avx512_2, fc_dgemm_ukr_avx512_3, 0},
@@ -163,7 +158,6 @@ const fc_arch fc_arch_avx512 = {
      fc_dgemm_ukr_avx512_epilogue,
      fc_dmax_pool_values_avx512,
      {0, fc_dgemm_ukr_avx512_1_ep, fc_dgemm_ukr_avx512_2_ep, fc_dgemm_ukr_avx512_3_ep, 0},
-     6, 4, {0, fc_dbcast_ukr_avx512_1, fc_dbcast_ukr_avx512_2, fc_dbcast_ukr_avx512_3, fc_dbcast_ukr_avx512_4},
      fc_dmax_pool_argmax_avx512,
      fc_dtranspose_avx512},
 };

@@ -63,16 +63,6 @@ int fc_conv2d_direct_mode(void);
 enum { FC_CONV_DIRECT_LAYOUT_AUTO = 0, FC_CONV_DIRECT_LAYOUT_WIDE = 1, FC_CONV_DIRECT_LAYOUT_LANES = 2 };
 int fc_conv2d_set_direct_layout(int layout);
 int fc_conv2d_direct_layout(void);
-/* The broadcast direct forward (filters in the vector lanes, input values broadcast: arch/direct_template.h) for
- * layers with few input channels and many filters, whatever the stride (a network's first layer). Process-wide,
- * for tests: FC_CONV_DIRECT_AUTO (the default: groups 1, at most FC_BCAST_MAX_CHANNELS channels, at least
- * FC_BCAST_MIN_FILTERS filters), NEVER, ALWAYS (every layer with groups 1 whose padded image is small enough). */
-#define FC_BCAST_MAX_CHANNELS 4
-#define FC_BCAST_MIN_FILTERS 32
-int fc_conv2d_set_bcast_mode(int mode);
-int fc_conv2d_bcast_mode(void);
-int fc_conv2d_use_bcast(const fc_conv2d_desc *d);
-
 /* Whether layer d (on the direct path) runs its forward with images in the lanes of vectors of vl elements. */
 int fc_conv2d_direct_lanes(const fc_conv2d_desc *d, int vl);
 
@@ -113,7 +103,7 @@ int fc_dconv2d_backward_weight_winograd(const fc_context *ctx, const double *x, 
 int fc_conv2d_rearranged(const fc_conv2d_desc *d, fc_conv2d_desc *d2, int64_t *step);
 
 /* Which path fc_Xconv2d_forward takes for layer d (prepared) with the current settings and context. */
-enum { FC_CONV_PATH_GEMM = 0, FC_CONV_PATH_DIRECT = 1, FC_CONV_PATH_WINOGRAD = 2, FC_CONV_PATH_BCAST = 3 };
+enum { FC_CONV_PATH_GEMM = 0, FC_CONV_PATH_DIRECT = 1, FC_CONV_PATH_WINOGRAD = 2 };
 int fc_conv2d_forward_path(const fc_context *ctx, const fc_conv2d_desc *d, int64_t elem_size);
 
 /* Compute oh/ow and check every size product for int64 overflow. FC_ERR_ARG when the geometry is invalid. */

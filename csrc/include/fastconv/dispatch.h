@@ -29,11 +29,6 @@ typedef void (*fc_sdirect_ukr)(int64_t ntaps, const int64_t *FC_RESTRICT off, co
                                const float *FC_RESTRICT w, float *FC_RESTRICT y, int64_t ldy, int fb);
 typedef void (*fc_ddirect_ukr)(int64_t ntaps, const int64_t *FC_RESTRICT off, const double *FC_RESTRICT x,
                                const double *FC_RESTRICT w, double *FC_RESTRICT y, int64_t ldy, int fb);
-/* The broadcast direct kernels (filters in the lanes: arch/direct_template.h), bmp pixels x v vectors of filters. */
-typedef void (*fc_sbcast_ukr)(int64_t ntaps, const int64_t *FC_RESTRICT off, const float *FC_RESTRICT x, int64_t xstep,
-                              const float *FC_RESTRICT w, float *FC_RESTRICT out, int64_t ldo);
-typedef void (*fc_dbcast_ukr)(int64_t ntaps, const int64_t *FC_RESTRICT off, const double *FC_RESTRICT x,
-                              int64_t xstep, const double *FC_RESTRICT w, double *FC_RESTRICT out, int64_t ldo);
 typedef void (*fc_swgrad_ukr)(int64_t nimg, int64_t nq, const float *FC_RESTRICT dy, int64_t lddy, int64_t dy_img,
                               const float *FC_RESTRICT x, int64_t x_img, const int64_t *FC_RESTRICT off,
                               float *FC_RESTRICT out, int64_t ldo, int fb, int tb);
@@ -103,8 +98,6 @@ typedef struct fc_sgemm_kernel {
     fc_sepilogue_ukr epilogue;
     fc_smax_pool_values_ukr max_pool_values;
     fc_sgemm_ukr_ep ukr_ep[FC_MAX_NV + 1]; /* ukr[v] with the epilogue */
-    int bmp, bnv;                          /* broadcast direct tile: bmp pixels x up to bnv vectors of filters */
-    fc_sbcast_ukr bcast[FC_MAX_NV + 1];
     fc_smax_pool_argmax_ukr max_pool_argmax;
     fc_stranspose_ukr transpose;
 } fc_sgemm_kernel;
@@ -123,8 +116,6 @@ typedef struct fc_dgemm_kernel {
     fc_depilogue_ukr epilogue;
     fc_dmax_pool_values_ukr max_pool_values;
     fc_dgemm_ukr_ep ukr_ep[FC_MAX_NV + 1];
-    int bmp, bnv;
-    fc_dbcast_ukr bcast[FC_MAX_NV + 1];
     fc_dmax_pool_argmax_ukr max_pool_argmax;
     fc_dtranspose_ukr transpose;
 } fc_dgemm_kernel;
