@@ -271,8 +271,9 @@ def test_direct_kernels_each_layout(arch, nthreads, direct_layout, case):
 # Winograd F(2x2, 3x3) (3x3, stride 1, no dilation): blocks of 96 tiles in micro-panels of nr tiles (48 on AVX-512
 # float32, 16 on AVX2, 4 portable), runs of a tile row shorter than a vector, the GEMM's kc slices of the channels
 # (kc = 192 to 384: 400 channels need two or three), filters not a multiple of the micro-kernel's rows, odd
-# output sizes (half tiles), padding 0 and 2, groups, a 1x1 output, and a single block shared by 2 threads
-# (each takes half of the filter panels).
+# output sizes (half tiles), padding 0 and 2, groups, a 1x1 output, a single block shared by 2 threads (each
+# takes half of the filter panels), and blocks too unequal to hand out whole (128 tiles: 96 + 32 on AVX-512),
+# where each of 2 threads takes half of the filter panels of every block.
 WINOGRAD_CASES = {
     "odd_sizes_pad1": ((3, 5, 9, 7), (7, 5, 3, 3), dict(padding=1)),
     "pad0_pad2": ((2, 4, 11, 6), (9, 4, 3, 3), dict(padding=(0, 2))),
@@ -282,6 +283,7 @@ WINOGRAD_CASES = {
     "channels_over_kc": ((2, 400, 6, 6), (10, 400, 3, 3), dict(padding=1)),
     "one_block_many_filters": ((1, 8, 10, 10), (70, 8, 3, 3), dict(padding=1)),
     "long_rows": ((1, 3, 5, 150), (4, 3, 3, 3), dict(padding=1)),
+    "unequal_blocks_filter_shares": ((8, 16, 7, 7), (40, 16, 3, 3), dict(padding=1)),
 }
 
 
