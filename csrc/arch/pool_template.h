@@ -269,6 +269,32 @@ PT_INLINE VEC PT_HELPER(hmax_arg)(const T *FC_RESTRICT xr, int64_t e, int64_t W,
 #undef PT_LOAD
 }
 
+/* One vector of outputs (columns o ..) of the nr input rows from xr on, into the rings from `slot` on: the maxima
+ * in ring and the flat indices of the winners in iring. `edge` is a constant at each call (the interior call then
+ * compiles without the masks); k0 as for hmax_arg; base: the flat index of each lane's tap 0 in the first row. */
+PT_INLINE void PT_HELPER(hrows_arg_vector)(const T *FC_RESTRICT xr, int64_t nr, int64_t e, int64_t W, const int64_t KW,
+                                           const int64_t SW, const int edge, IVEC k0, IVEC base,
+                                           T *FC_RESTRICT ring, ITYPE *FC_RESTRICT iring, int64_t ldh, int64_t R,
+                                           int64_t slot, int64_t o) {
+    const IVEC step = VSET1I((ITYPE)W); /* a row further down adds W */
+    T *out = ring + slot * ldh + o;
+    ITYPE *iout = iring + slot * ldh + o;
+    for (int64_t r = 0, s = slot; r < nr; r++, xr += W) {
+        IVEC k;
+        VSTOREU(out, PT_HELPER(hmax_arg)(xr, e, W, KW, SW, edge, k0, &k));
+        VSTOREUI(iout, VADDI(base, k));
+        base = VADDI(base, step);
+        if (++s == R) {
+            s = 0;
+            out = ring + o;
+            iout = iring + o;
+        } else {
+            out += ldh;
+            iout += ldh;
+        }
+    }
+}
+
 /* hrows with the flat indices h W + w of the winners in the ring iring (same layout as ring). */
 PT_INLINE void PT_HELPER(hrows_arg)(const T *FC_RESTRICT xp, int64_t W, int64_t pw, int64_t first, int64_t nr,
                                     T *FC_RESTRICT ring, ITYPE *FC_RESTRICT iring, int64_t ldh, int64_t R,
@@ -278,45 +304,13 @@ PT_INLINE void PT_HELPER(hrows_arg)(const T *FC_RESTRICT xp, int64_t W, int64_t 
         const int64_t e = o * SW - pw;
         const int64_t reach = e + (SW == 1 ? KW - 1 + VL : ((KW - 1) & ~(int64_t)1) + 2 * VL);
         const T *xr = xp + first * W;
-        /* the flat index of each lane's tap 0 in row `first`; a row further down adds W */
-        IVEC base = VADDI(iota, VSET1I((ITYPE)(first * W + e)));
-        const IVEC step = VSET1I((ITYPE)W);
-        T *out = ring + slot * ldh + o;
-        ITYPE *iout = iring + slot * ldh + o;
-        int64_t s = slot;
+        const IVEC base = VADDI(iota, VSET1I((ITYPE)(first * W + e)));
         if (e >= 0 && reach <= W) {
-            for (int64_t r = 0; r < nr; r++, xr += W) {
-                IVEC k;
-                VSTOREU(out, PT_HELPER(hmax_arg)(xr, e, W, KW, SW, 0, VSET1I(0), &k));
-                VSTOREUI(iout, VADDI(base, k));
-                base = VADDI(base, step);
-                if (++s == R) {
-                    s = 0;
-                    out = ring + o;
-                    iout = iring + o;
-                } else {
-                    out += ldh;
-                    iout += ldh;
-                }
-            }
+            PT_HELPER(hrows_arg_vector)(xr, nr, e, W, KW, SW, 0, VSET1I(0), base, ring, iring, ldh, R, slot, o);
         } else {
             ITYPE j0[VL]; /* lane i's first tap inside the row: taps before it lie in the left padding */
             for (int64_t i = 0; i < VL; i++) j0[i] = (ITYPE)(e + i * SW < 0 ? -(e + i * SW) : 0);
-            const IVEC k0 = VLOADUI(j0);
-            for (int64_t r = 0; r < nr; r++, xr += W) {
-                IVEC k;
-                VSTOREU(out, PT_HELPER(hmax_arg)(xr, e, W, KW, SW, 1, k0, &k));
-                VSTOREUI(iout, VADDI(base, k));
-                base = VADDI(base, step);
-                if (++s == R) {
-                    s = 0;
-                    out = ring + o;
-                    iout = iring + o;
-                } else {
-                    out += ldh;
-                    iout += ldh;
-                }
-            }
+            PT_HELPER(hrows_arg_vector)(xr, nr, e, W, KW, SW, 1, VLOADUI(j0), base, ring, iring, ldh, R, slot, o);
         }
     }
 }
