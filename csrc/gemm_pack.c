@@ -92,8 +92,12 @@ void fc_dtranspose(const double *FC_RESTRICT src, int64_t rows, int64_t cols, in
                     memcpy(d + p * wpad, s, (size_t)w * sizeof(T));                                                \
                     for (int64_t j = w; j < wpad; j++) d[p * wpad + j] = 0;                                        \
                 }                                                                                                  \
+            } else if (b->rs == 1) { /* column-major B (x^T in a weight gradient): a transpose of w columns */   \
+                fc_##PFX##transpose(base + k0 + (j0 + jp) * b->cs, w, kc, b->cs, d, wpad);                         \
+                for (int64_t p = 0; p < kc; p++)                                                                   \
+                    for (int64_t j = w; j < wpad; j++) d[p * wpad + j] = 0;                                        \
             } else {                                                                                               \
-                /* column-major or strided B: walk down each column, which is the contiguous direction */          \
+                /* strided B: walk down each column */                                                             \
                 for (int64_t j = 0; j < w; j++) {                                                                  \
                     const T *s = base + k0 * b->rs + (j0 + jp + j) * b->cs;                                        \
                     for (int64_t p = 0; p < kc; p++) d[p * wpad + j] = s[p * b->rs];                               \
