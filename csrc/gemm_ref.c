@@ -89,15 +89,18 @@ typedef int64_t fc_pool_vd_mask __attribute__((vector_size(16)));
 #define FC_POOL_SHUFFLE(a, b, mask_t, ...) __builtin_shuffle(a, b, (mask_t){__VA_ARGS__})
 #endif
 
-/* v where v > m or v is NaN, else m. */
-static inline fc_pool_vs maxn_vs(fc_pool_vs m, fc_pool_vs v) {
-    const fc_pool_vs_mask take = (v > m) | (v != v);
-    return (fc_pool_vs)((take & (fc_pool_vs_mask)v) | (~take & (fc_pool_vs_mask)m));
+/* The lanes where a later element v replaces the running maximum m ((v > m) | (v != v)), the selection by those
+ * lanes, and the two together: v where v > m or v is NaN, else m. */
+static inline fc_pool_vs_mask take_vs(fc_pool_vs m, fc_pool_vs v) { return (v > m) | (v != v); }
+static inline fc_pool_vd_mask take_vd(fc_pool_vd m, fc_pool_vd v) { return (v > m) | (v != v); }
+static inline fc_pool_vs sel_vs(fc_pool_vs_mask k, fc_pool_vs m, fc_pool_vs v) {
+    return (fc_pool_vs)((k & (fc_pool_vs_mask)v) | (~k & (fc_pool_vs_mask)m));
 }
-static inline fc_pool_vd maxn_vd(fc_pool_vd m, fc_pool_vd v) {
-    const fc_pool_vd_mask take = (v > m) | (v != v);
-    return (fc_pool_vd)((take & (fc_pool_vd_mask)v) | (~take & (fc_pool_vd_mask)m));
+static inline fc_pool_vd sel_vd(fc_pool_vd_mask k, fc_pool_vd m, fc_pool_vd v) {
+    return (fc_pool_vd)((k & (fc_pool_vd_mask)v) | (~k & (fc_pool_vd_mask)m));
 }
+static inline fc_pool_vs maxn_vs(fc_pool_vs m, fc_pool_vs v) { return sel_vs(take_vs(m, v), m, v); }
+static inline fc_pool_vd maxn_vd(fc_pool_vd m, fc_pool_vd v) { return sel_vd(take_vd(m, v), m, v); }
 static inline fc_pool_vs load_vs(const float *p) {
     fc_pool_vs v;
     memcpy(&v, p, sizeof v);
@@ -129,17 +132,8 @@ static inline fc_pool_vd load_lanes_vd(const double *xr, int64_t e, fc_pool_lane
     return v;
 }
 
-/* Max pooling with argmax: the lanes where v replaces m ((v > m) | (v != v)), selections by those lanes, and
- * indices widened to int64. */
+/* Max pooling with argmax: indices widened to int64. */
 typedef int64_t fc_pool_v4l __attribute__((vector_size(32)));
-static inline fc_pool_vs_mask take_vs(fc_pool_vs m, fc_pool_vs v) { return (v > m) | (v != v); }
-static inline fc_pool_vd_mask take_vd(fc_pool_vd m, fc_pool_vd v) { return (v > m) | (v != v); }
-static inline fc_pool_vs sel_vs(fc_pool_vs_mask k, fc_pool_vs m, fc_pool_vs v) {
-    return (fc_pool_vs)((k & (fc_pool_vs_mask)v) | (~k & (fc_pool_vs_mask)m));
-}
-static inline fc_pool_vd sel_vd(fc_pool_vd_mask k, fc_pool_vd m, fc_pool_vd v) {
-    return (fc_pool_vd)((k & (fc_pool_vd_mask)v) | (~k & (fc_pool_vd_mask)m));
-}
 static inline fc_pool_vs_mask load_is(const int32_t *p) {
     fc_pool_vs_mask v;
     memcpy(&v, p, sizeof v);
