@@ -156,18 +156,28 @@ def conv2d_ref(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 _WINOGRAD_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
 _WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
 _WINOGRAD_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
+# F(4x4, 3x3) (Lavin and Gray, interpolation points 0, +-1, +-2)
+_WINOGRAD4_BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
+                          [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], dtype=np.float64)
+_WINOGRAD4_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+                         [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], dtype=np.float64)
+_WINOGRAD4_AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+                         dtype=np.float64)
 
 
-def conv2d_winograd_bound(x, weight, bias=None, padding=0, groups=1):
-    """The F(2x2, 3x3) pipeline run on absolute values, in float64: one value per output of the 3x3, stride-1
-    convolution ``conv2d_ref(x, weight, bias, padding=padding, groups=groups)``.
+def conv2d_winograd_bound(x, weight, bias=None, padding=0, groups=1, tile=2):
+    """The F(tile x tile, 3x3) pipeline (tile 2 or 4) run on absolute values, in float64: one value per output of
+    the 3x3, stride-1 convolution ``conv2d_ref(x, weight, bias, padding=padding, groups=groups)``.
 
     Rounding analysis of the Winograd algorithm: every value it computes (transformed tiles, their products, the
     channel sums, the inverse transform) is a sum of terms whose absolute values add up to at most the matching
     value of this pipeline with every matrix and operand replaced by its absolute value, so with K = C/groups
-    channels summed and at most 16 further rounding steps along any path, an implementation is within
-    ``(K + 16) * eps * bound`` of the exact result. The bound is at least the direct sum's sum |x| |w|.
+    channels summed and at most 16 further rounding steps along any path (F(2x2)), an implementation is within
+    ``(K + 16) * eps * bound`` of the exact result; F(4x4)'s transforms take up to 12 steps each way besides the
+    channel sum. The bound is at least the direct sum's sum |x| |w|.
     """
+    if tile not in (2, 4):
+        raise ValueError(f"tile must be 2 or 4, got {tile!r}")
     x64, w64 = np.abs(_f64(x)), np.abs(_f64(weight))
     n, c, h, w = x64.shape
     f, cg, kh, kw = w64.shape
@@ -175,17 +185,21 @@ def conv2d_winograd_bound(x, weight, bias=None, padding=0, groups=1):
         raise ValueError(f"x {x64.shape} and weight {w64.shape}: need 3x3 filters that fit groups={groups}")
     ph, pw = _pair(padding, "padding")
     ho, wo = h + 2 * ph - 2, w + 2 * pw - 2
-    th, tw = -(-ho // 2), -(-wo // 2)
-    padded = np.zeros((n, c, 2 * th + 2, 2 * tw + 2))
-    rows, cols = min(h, 2 * th + 2 - ph), min(w, 2 * tw + 2 - pw)
+    th, tw = -(-ho // tile), -(-wo // tile)
+    side = tile + 2
+    padded = np.zeros((n, c, tile * th + 2, tile * tw + 2))
+    rows, cols = min(h, tile * th + 2 - ph), min(w, tile * tw + 2 - pw)
     padded[:, :, ph:ph + rows, pw:pw + cols] = x64[:, :, :rows, :cols]
-    tiles = sliding_window_view(padded, (4, 4), axis=(2, 3))[:, :, ::2, ::2]  # n c th tw 4 4
-    bt, g, at = np.abs(_WINOGRAD_BT), np.abs(_WINOGRAD_G), np.abs(_WINOGRAD_AT)
-    v = np.einsum("ij,nctujk,lk->nctuil", bt, tiles, bt).reshape(n, groups, cg, th, tw, 4, 4)
-    u = np.einsum("ij,fcjk,lk->fcil", g, w64, g).reshape(groups, f // groups, cg, 4, 4)
-    m = np.einsum("gfcil,ngctuil->ngftuil", u, v).reshape(n, f, th, tw, 4, 4)
-    out = np.einsum("ij,nftujk,lk->nftuil", at, m, at)  # n f th tw 2 2
-    out = out.transpose(0, 1, 2, 4, 3, 5).reshape(n, f, 2 * th, 2 * tw)[:, :, :ho, :wo]
+    tiles = sliding_window_view(padded, (side, side), axis=(2, 3))[:, :, ::tile, ::tile]  # n c th tw side side
+    if tile == 2:
+        bt, g, at = np.abs(_WINOGRAD_BT), np.abs(_WINOGRAD_G), np.abs(_WINOGRAD_AT)
+    else:
+        bt, g, at = np.abs(_WINOGRAD4_BT), np.abs(_WINOGRAD4_G), np.abs(_WINOGRAD4_AT)
+    v = np.einsum("ij,nctujk,lk->nctuil", bt, tiles, bt).reshape(n, groups, cg, th, tw, side, side)
+    u = np.einsum("ij,fcjk,lk->fcil", g, w64, g).reshape(groups, f // groups, cg, side, side)
+    m = np.einsum("gfcil,ngctuil->ngftuil", u, v).reshape(n, f, th, tw, side, side)
+    out = np.einsum("ij,nftujk,lk->nftuil", at, m, at)  # n f th tw tile tile
+    out = out.transpose(0, 1, 2, 4, 3, 5).reshape(n, f, tile * th, tile * tw)[:, :, :ho, :wo]
     if bias is not None:
         out = out + np.abs(_f64(bias)).reshape(1, f, 1, 1)
     return out

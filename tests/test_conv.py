@@ -13,6 +13,7 @@ The C engine has three ways to run a convolution, and the explicit cases below r
   - pointwise (1x1, stride 1, no padding): the image is its own column matrix;
 and the input gradient is computed one tile of 2**20 // (C/groups*kh*kw) columns (at least 16) at a time.
 """
+import collections
 import os
 import subprocess
 import sys
@@ -287,18 +288,27 @@ WINOGRAD_CASES = {
 }
 
 
-@pytest.fixture(params=["never", "always"])
+WinogradSetting = collections.namedtuple("WinogradSetting", "mode tile")
+
+
+@pytest.fixture(params=[WinogradSetting("never", 2), WinogradSetting("always", 2), WinogradSetting("always", 4)],
+                ids=["never", "always-F2x2", "always-F4x4"])
 def winograd_mode(request):
-    """Run 3x3 stride-1 layers on the other paths, then on Winograd F(2x2, 3x3) (the default picks per layer)."""
-    previous = _C.conv2d_winograd_mode(request.param)
+    """Run 3x3 stride-1 layers on the other paths, then on Winograd F(2x2, 3x3), then F(4x4, 3x3) (the default
+    picks per layer)."""
+    previous = _C.conv2d_winograd_mode(request.param.mode), _C.conv2d_winograd_tile(request.param.tile)
     yield request.param
-    _C.conv2d_winograd_mode(previous)
+    _C.conv2d_winograd_mode(previous[0])
+    _C.conv2d_winograd_tile(previous[1])
 
 
-def winograd_tolerance(direct_bound, terms, winograd_bound, channels, dtype):
-    """The larger of the direct sum's rounding bound and Winograd's (testing.conv2d_winograd_bound)."""
+def winograd_tolerance(direct_bound, terms, winograd_bound, channels, dtype, tile=2):
+    """The larger of the direct sum's rounding bound and Winograd's (testing.conv2d_winograd_bound): beyond the
+    channel sum, F(2x2, 3x3) rounds at most 16 times along a path, F(4x4, 3x3) 32 (its transforms sum up to 6
+    terms, times 5 or 1/6, each way)."""
     eps = np.finfo(dtype).eps
-    return np.maximum((terms + 2) * eps * direct_bound, (channels + 16) * eps * winograd_bound)
+    steps = 16 if tile == 2 else 32
+    return np.maximum((terms + 2) * eps * direct_bound, (channels + steps) * eps * winograd_bound)
 
 
 def assert_within(got, expected, tol, what):
@@ -329,14 +339,15 @@ def test_winograd(arch, nthreads, winograd_mode, dtype, case):
     padding, groups = geometry.get("padding", 0), geometry.get("groups", 1)
     padding2 = tuple(int(p) for p in np.broadcast_to(padding, 2))
     path = _C.conv2d_forward_path(x_shape, w_shape, (1, 1), padding2, (1, 1), groups, np.dtype(dtype).itemsize)
-    assert (path == "winograd") == (winograd_mode == "always"), path
+    assert (path == "winograd") == (winograd_mode.mode == "always"), path
     rng = np.random.default_rng(7)
     x, weight, b = make_problem(rng, x_shape, w_shape, dtype)
     y = conv2d(x, weight, b, **geometry)
     x64, w64, b64 = (a.astype(np.float64) for a in (x, weight, b))
     f, cg = w_shape[:2]
+    tile = winograd_mode.tile
     tol = winograd_tolerance(conv2d_ref(np.abs(x64), np.abs(w64), np.abs(b64), **geometry), cg * 9,
-                             conv2d_winograd_bound(x64, w64, b64, **geometry), cg, dtype)
+                             conv2d_winograd_bound(x64, w64, b64, **geometry, tile=tile), cg, dtype, tile)
     assert_within(y, conv2d_ref(x64, w64, b64, **geometry), tol, "y")
 
     # dx: the forward convolution of dy (padded by 2 - padding) with the flipped, channel-transposed weights
@@ -345,8 +356,8 @@ def test_winograd(arch, nthreads, winograd_mode, dtype, case):
     flipped = flipped_weights(w64, groups)
     flip_padding = tuple(2 - p for p in padding2)
     tol = winograd_tolerance(dx_bound, f // groups * 9,
-                             conv2d_winograd_bound(dy64, flipped, padding=flip_padding, groups=groups), f // groups,
-                             dtype)
+                             conv2d_winograd_bound(dy64, flipped, padding=flip_padding, groups=groups, tile=tile),
+                             f // groups, dtype, tile)
     assert_within(dx, dx_ref, tol, "dx")
     n, _, oh, ow = y.shape
     tiles = n * -(-oh // 2) * -(-ow // 2)
@@ -413,7 +424,7 @@ def test_strided_layers_as_stride1(arch, nthreads, winograd_mode, dtype, case):
     oh, ow = y.shape[2:]
     path = _C.conv2d_forward_path(x_shape, w_shape, (s, s), (int(ph), int(pw)), (1, 1), groups,
                                   np.dtype(dtype).itemsize)
-    assert (path == "winograd") == (winograd_mode == "always"), path
+    assert (path == "winograd") == (winograd_mode.mode == "always"), path
 
     # the same layer by hand: stride 1, kernel k2, input and weights rearranged (numpy), for Winograd's bounds
     h2, w2 = oh + k2 - 1, ow + k2 - 1
@@ -429,16 +440,19 @@ def test_strided_layers_as_stride1(arch, nthreads, winograd_mode, dtype, case):
     np.testing.assert_allclose(conv2d_ref(x2, wt2, b64, groups=groups), conv2d_ref(x64, w64, b64, **geometry),
                                rtol=1e-12, atol=1e-12)
 
+    tile = winograd_mode.tile
     tol = winograd_tolerance(conv2d_ref(np.abs(x64), np.abs(w64), np.abs(b64), **geometry), cg * k * k,
-                             conv2d_winograd_bound(x2, wt2, b64, groups=groups), wt2.shape[1], dtype)
+                             conv2d_winograd_bound(x2, wt2, b64, groups=groups, tile=tile), wt2.shape[1], dtype,
+                             tile)
     assert_within(y, conv2d_ref(x64, w64, b64, **geometry), tol, "y")
 
     dy64, (dx, dw, db), (dx_ref, dw_ref, db_ref), (dx_bound, dw_bound, db_bound) = backward_with_refs(
         x, weight, y, geometry, rng)
     # dx2 = the flipped convolution of dy with wt2, mapped back onto x's pixels
-    dx2_bound = conv2d_winograd_bound(dy64, flipped_weights(wt2, groups), padding=k2 - 1, groups=groups)
+    dx2_bound = conv2d_winograd_bound(dy64, flipped_weights(wt2, groups), padding=k2 - 1, groups=groups, tile=tile)
     back = unphase_sum(dx2_bound, s, n, c)  # the shifts add up to 4 values per pixel: 3 more roundings
-    tol = winograd_tolerance(dx_bound, f // groups * k * k, back[:, :, ph:ph + h, pw:pw + w], f // groups + 3, dtype)
+    tol = winograd_tolerance(dx_bound, f // groups * k * k, back[:, :, ph:ph + h, pw:pw + w], f // groups + 3, dtype,
+                             tile)
     assert_within(dx, dx_ref, tol, "dx")
     dw2_bound = conv2d_winograd_weight_grad_bound(dy64, x2, groups=groups)
     back = unphase_sum(dw2_bound, s, f, cg)  # for stride 1 the phases tile the 6x6 kernel: no sums
@@ -773,6 +787,8 @@ FUSED_CASES = {
     "direct_strided": ((2, 3, 30, 37), (20, 3, 7, 7), dict(stride=2, padding=3), "direct"),
     "direct_strided_n1": ((1, 3, 30, 37), (20, 3, 7, 7), dict(stride=2, padding=3), "direct"),
     "winograd": ((3, 16, 11, 9), (40, 16, 3, 3), dict(padding=1), "winograd"),
+    # wide enough for F(4x4, 3x3) by default, 6 rows: a tile row of 4 and one of 2
+    "winograd_tile4": ((2, 16, 6, 30), (40, 16, 3, 3), dict(padding=1), "winograd"),
     "rearranged_strided": ((2, 3, 39, 39), (96, 3, 11, 11), dict(stride=4), "winograd"),
     "rearranged_shifts": ((2, 32, 9, 8), (130, 32, 5, 5), dict(padding=2), "winograd"),
 }

@@ -147,6 +147,169 @@ void WINO_NAME(output)(int64_t cnt, const T *FC_RESTRICT m, int64_t xi_stride, T
     }
 }
 
+/* ---------------------------------------------------------------- F(4x4, 3x3)
+ * The same four transforms for 4x4 output tiles (6x6 input tiles, 36 points), with Lavin and Gray's matrices
+ * (interpolation points 0, +-1, +-2):
+ *     B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1]
+ *     G   = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]
+ *     A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1]
+ * input4:   rows[i] (i < 6), max(4 cnt, 4 VL) + 2 readable values each; tile k covers columns 4k .. 4k+5; writes
+ *           B^T d B to dst[xi * xi_stride + k], xi = 6 i + j.
+ * weights4: as weights, 36 points.
+ * output4:  m[xi * xi_stride + k], 36 points; writes the 4x4 outputs of tile k to out[i * ldo + 4k + j]. */
+
+#define WT_INPUT4_VEC WT_CAT(WINO_NAME(input4), _vector)
+#define WT_OUTPUT4_VEC WT_CAT(WINO_NAME(output4), _vector)
+
+/* B^T applied to six values (a column or a row of a tile). */
+#define WT_BT6(o0, o1, o2, o3, o4, o5, b0, b1, b2, b3, b4, b5)                                                \
+    do {                                                                                                       \
+        T p_ = (b4) - (T)4 * (b2), q_ = (b3) - (T)4 * (b1), r_ = (b4) - (b2), t_ = (T)2 * ((b3) - (b1));       \
+        o0 = (T)4 * (b0) - (T)5 * (b2) + (b4);                                                                 \
+        o1 = p_ + q_;                                                                                          \
+        o2 = p_ - q_;                                                                                          \
+        o3 = r_ + t_;                                                                                          \
+        o4 = r_ - t_;                                                                                          \
+        o5 = (T)4 * (b1) - (T)5 * (b3) + (b5);                                                                 \
+    } while (0)
+
+/* The six columns of VL tiles of one input row: ph[j][l] = row[4 l + j]. An arch may define WT_PHASES4(row, ph)
+ * with its own shuffles (the compiler's stride-4 gathers cost more than the transform). */
+#ifndef WT_PHASES4
+#define WT_PHASES4(row, ph)                                                                                    \
+    do {                                                                                                       \
+        for (int j_ = 0; j_ < 6; j_++)                                                                         \
+            for (int l_ = 0; l_ < VL; l_++) (ph)[j_][l_] = (row)[4 * l_ + j_];                                 \
+    } while (0)
+#define WT_PHASES4_GENERIC
+#endif
+
+/* VL tiles starting at tile k. */
+static inline __attribute__((always_inline)) void WT_INPUT4_VEC(const T *const *rows, int64_t k, T *FC_RESTRICT dst,
+                                                                int64_t xi_stride) {
+    T ph[6][6][VL] __attribute__((aligned(64)));
+    for (int r = 0; r < 6; r++) WT_PHASES4(rows[r] + 4 * k, ph[r]);
+#pragma GCC ivdep
+    for (int l = 0; l < VL; l++) {
+        T s[6][6];
+#pragma GCC unroll 6
+        for (int j = 0; j < 6; j++) /* down the columns: B^T d */
+            WT_BT6(s[0][j], s[1][j], s[2][j], s[3][j], s[4][j], s[5][j], ph[0][j][l], ph[1][j][l], ph[2][j][l],
+                   ph[3][j][l], ph[4][j][l], ph[5][j][l]);
+#pragma GCC unroll 6
+        for (int i = 0; i < 6; i++) { /* across: (B^T d) B */
+            T *o = dst + 6 * i * xi_stride + l;
+            WT_BT6(o[0], o[xi_stride], o[2 * xi_stride], o[3 * xi_stride], o[4 * xi_stride], o[5 * xi_stride],
+                   s[i][0], s[i][1], s[i][2], s[i][3], s[i][4], s[i][5]);
+        }
+    }
+}
+
+void WINO_NAME(input4)(int64_t cnt, const T *const *rows, T *FC_RESTRICT dst, int64_t xi_stride) {
+    if (cnt < VL) { /* a whole vector (the rows hold 4 VL + 2 readable values), cnt of its tiles kept */
+        T tmp[36 * VL] __attribute__((aligned(64)));
+        WT_INPUT4_VEC(rows, 0, tmp, VL);
+        for (int xi = 0; xi < 36; xi++) VSTORE_FIRST(dst + xi * xi_stride, tmp + xi * VL, (int)cnt);
+        return;
+    }
+    for (int64_t k0 = 0; k0 < cnt; k0 += VL) {
+        int64_t k = k0 + VL <= cnt ? k0 : cnt - VL;
+        WT_INPUT4_VEC(rows, k, dst + k, xi_stride);
+    }
+}
+
+#ifdef WT_PHASES4_GENERIC
+#undef WT_PHASES4
+#undef WT_PHASES4_GENERIC
+#endif
+
+/* G applied to three values. */
+#define WT_G6(o, g0, g1, g2)                                                                                   \
+    do {                                                                                                       \
+        T e_ = (g0) + (g2), h_ = (T)0.25 * (g0) + (g2);                                                        \
+        o[0] = (T)0.25 * (g0);                                                                                 \
+        o[1] = (T)(-1.0 / 6) * (e_ + (g1));                                                                    \
+        o[2] = (T)(-1.0 / 6) * (e_ - (g1));                                                                    \
+        o[3] = (T)(1.0 / 6) * (h_ + (T)0.5 * (g1));                                                            \
+        o[4] = (T)(1.0 / 6) * (h_ - (T)0.5 * (g1));                                                            \
+        o[5] = (g2);                                                                                           \
+    } while (0)
+
+void WINO_NAME(weights4)(int64_t cnt, const T *FC_RESTRICT g, int64_t ldg, T *FC_RESTRICT dst,
+                         int64_t xi_stride) {
+#pragma GCC ivdep
+    for (int64_t k = 0; k < cnt; k++) {
+        T s[6][3], out[6];
+        #pragma GCC unroll 3
+        for (int j = 0; j < 3; j++) { /* down the columns: G g */
+            WT_G6(out, g[j * ldg + k], g[(3 + j) * ldg + k], g[(6 + j) * ldg + k]);
+            #pragma GCC unroll 6
+            for (int i = 0; i < 6; i++) s[i][j] = out[i];
+        }
+        #pragma GCC unroll 6
+        for (int i = 0; i < 6; i++) { /* across: (G g) G^T */
+            WT_G6(out, s[i][0], s[i][1], s[i][2]);
+            #pragma GCC unroll 6
+            for (int j = 0; j < 6; j++) dst[(6 * i + j) * xi_stride + k] = out[j];
+        }
+    }
+}
+
+/* A^T applied to six values. */
+#define WT_AT6(o, a)                                                                                           \
+    do {                                                                                                       \
+        T p_ = (a)[1] + (a)[2], q_ = (a)[1] - (a)[2], u_ = (a)[3] + (a)[4], v_ = (a)[3] - (a)[4];              \
+        o[0] = (a)[0] + p_ + u_;                                                                               \
+        o[1] = q_ + (T)2 * v_;                                                                                 \
+        o[2] = p_ + (T)4 * u_;                                                                                 \
+        o[3] = q_ + (T)8 * v_ + (a)[5];                                                                        \
+    } while (0)
+
+/* VL tiles starting at tile k. */
+static inline __attribute__((always_inline)) void WT_OUTPUT4_VEC(const T *FC_RESTRICT m, int64_t xi_stride, T b,
+                                                                 T *FC_RESTRICT out, int64_t ldo) {
+#pragma GCC ivdep
+    for (int k = 0; k < VL; k++) {
+        T r[4][6], col[6], o[4];
+        #pragma GCC unroll 6
+        for (int j = 0; j < 6; j++) { /* down the columns: A^T m */
+            #pragma GCC unroll 6
+            for (int i = 0; i < 6; i++) col[i] = m[(6 * i + j) * xi_stride + k];
+            WT_AT6(o, col);
+            #pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) r[i][j] = o[i];
+        }
+        #pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) { /* across: (A^T m) A */
+            WT_AT6(o, r[i]);
+            #pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) out[i * ldo + 4 * k + j] = o[j] + b;
+        }
+    }
+}
+
+void WINO_NAME(output4)(int64_t cnt, const T *FC_RESTRICT m, int64_t xi_stride, T b, T *FC_RESTRICT out,
+                        int64_t ldo) {
+    if (cnt < VL) { /* a whole vector (m is readable VL values on), cnt of its tiles kept */
+        T tmp[16 * VL] __attribute__((aligned(64)));
+        WT_OUTPUT4_VEC(m, xi_stride, b, tmp, 4 * VL);
+        #pragma GCC unroll 4
+        for (int i = 0; i < 4; i++)
+            for (int j = 0; j < 4 * VL; j++)
+                if (j < 4 * cnt) out[i * ldo + j] = tmp[i * 4 * VL + j];
+        return;
+    }
+    for (int64_t k0 = 0; k0 < cnt; k0 += VL) {
+        int64_t k = k0 + VL <= cnt ? k0 : cnt - VL;
+        WT_OUTPUT4_VEC(m + k, xi_stride, b, out + 4 * k, ldo);
+    }
+}
+
+#undef WT_BT6
+#undef WT_G6
+#undef WT_AT6
+#undef WT_INPUT4_VEC
+#undef WT_OUTPUT4_VEC
 #undef WT_INPUT_VEC
 #undef WT_OUTPUT_VEC
 #undef WT_GRAD_VEC

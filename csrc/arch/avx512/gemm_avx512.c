@@ -58,8 +58,29 @@ static inline void store_wide_n_epi32(int64_t *p, __m512i v, int64_t n) {
 #define WGRAD_NAME fc_swgrad_ukr_avx512
 #include "../direct_template.h"
 #define VSTORE_FIRST(d, s, n) _mm512_mask_storeu_ps(d, (__mmask16)((1u << (n)) - 1), _mm512_load_ps(s))
+/* ph[j] = row[4 l + j] over 16 lanes: two rounds of even/odd splits give columns 0-3; columns 4 and 5 are 0 and
+ * 1 moved one tile on (the 65th and 66th values, loaded alone: a row holds only 4 VL + 2). */
+#define WT_PHASES4(row, ph)                                                                                    \
+    do {                                                                                                       \
+        const __m512i ev_ = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);      \
+        const __m512i od_ = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);      \
+        __m512 a0_ = _mm512_loadu_ps(row), a1_ = _mm512_loadu_ps((row) + 16);                                  \
+        __m512 a2_ = _mm512_loadu_ps((row) + 32), a3_ = _mm512_loadu_ps((row) + 48);                           \
+        __m512 e01_ = _mm512_permutex2var_ps(a0_, ev_, a1_), o01_ = _mm512_permutex2var_ps(a0_, od_, a1_);     \
+        __m512 e23_ = _mm512_permutex2var_ps(a2_, ev_, a3_), o23_ = _mm512_permutex2var_ps(a2_, od_, a3_);     \
+        __m512 c0_ = _mm512_permutex2var_ps(e01_, ev_, e23_), c1_ = _mm512_permutex2var_ps(o01_, ev_, o23_);   \
+        __m512i n0_ = _mm512_castps_si512(_mm512_maskz_loadu_ps(1, (row) + 64));                             \
+        __m512i n1_ = _mm512_castps_si512(_mm512_maskz_loadu_ps(1, (row) + 65));                             \
+        _mm512_store_ps((ph)[0], c0_);                                                                         \
+        _mm512_store_ps((ph)[1], c1_);                                                                         \
+        _mm512_store_ps((ph)[2], _mm512_permutex2var_ps(e01_, od_, e23_));                                     \
+        _mm512_store_ps((ph)[3], _mm512_permutex2var_ps(o01_, od_, o23_));                                     \
+        _mm512_store_ps((ph)[4], _mm512_castsi512_ps(_mm512_alignr_epi32(n0_, _mm512_castps_si512(c0_), 1)));  \
+        _mm512_store_ps((ph)[5], _mm512_castsi512_ps(_mm512_alignr_epi32(n1_, _mm512_castps_si512(c1_), 1)));  \
+    } while (0)
 #define WINO_NAME(x) fc_swinograd_##x##_avx512
 #include "../winograd_template.h"
+#undef WT_PHASES4
 #define VMAXN(m, v) maxn_ps(m, v)
 #define VEVEN(a, b) \
     _mm512_permutex2var_ps(a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b)
@@ -108,8 +129,27 @@ static inline void store_wide_n_epi32(int64_t *p, __m512i v, int64_t n) {
 #define WGRAD_NAME fc_dwgrad_ukr_avx512
 #include "../direct_template.h"
 #define VSTORE_FIRST(d, s, n) _mm512_mask_storeu_pd(d, (__mmask8)((1u << (n)) - 1), _mm512_load_pd(s))
+#define WT_PHASES4(row, ph)                                                                                    \
+    do {                                                                                                       \
+        const __m512i ev_ = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);                                      \
+        const __m512i od_ = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);                                      \
+        __m512d a0_ = _mm512_loadu_pd(row), a1_ = _mm512_loadu_pd((row) + 8);                                  \
+        __m512d a2_ = _mm512_loadu_pd((row) + 16), a3_ = _mm512_loadu_pd((row) + 24);                          \
+        __m512d e01_ = _mm512_permutex2var_pd(a0_, ev_, a1_), o01_ = _mm512_permutex2var_pd(a0_, od_, a1_);    \
+        __m512d e23_ = _mm512_permutex2var_pd(a2_, ev_, a3_), o23_ = _mm512_permutex2var_pd(a2_, od_, a3_);    \
+        __m512d c0_ = _mm512_permutex2var_pd(e01_, ev_, e23_), c1_ = _mm512_permutex2var_pd(o01_, ev_, o23_);  \
+        __m512i n0_ = _mm512_castpd_si512(_mm512_maskz_loadu_pd(1, (row) + 32));                             \
+        __m512i n1_ = _mm512_castpd_si512(_mm512_maskz_loadu_pd(1, (row) + 33));                             \
+        _mm512_store_pd((ph)[0], c0_);                                                                         \
+        _mm512_store_pd((ph)[1], c1_);                                                                         \
+        _mm512_store_pd((ph)[2], _mm512_permutex2var_pd(e01_, od_, e23_));                                     \
+        _mm512_store_pd((ph)[3], _mm512_permutex2var_pd(o01_, od_, o23_));                                     \
+        _mm512_store_pd((ph)[4], _mm512_castsi512_pd(_mm512_alignr_epi64(n0_, _mm512_castpd_si512(c0_), 1)));  \
+        _mm512_store_pd((ph)[5], _mm512_castsi512_pd(_mm512_alignr_epi64(n1_, _mm512_castpd_si512(c1_), 1)));  \
+    } while (0)
 #define WINO_NAME(x) fc_dwinograd_##x##_avx512
 #include "../winograd_template.h"
+#undef WT_PHASES4
 #define VMAXN(m, v) maxn_pd(m, v)
 #define VEVEN(a, b) _mm512_permutex2var_pd(a, _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), b)
 #define VODD(a, b) _mm512_permutex2var_pd(a, _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15), b)
@@ -149,7 +189,8 @@ const fc_arch fc_arch_avx512 = {
      fc_smax_pool_values_avx512,
      {0, fc_sgemm_ukr_avx512_1_ep, fc_sgemm_ukr_avx512_2_ep, fc_sgemm_ukr_avx512_3_ep, 0},
      fc_smax_pool_argmax_avx512,
-     fc_stranspose_avx512},
+     fc_stranspose_avx512,
+     fc_swinograd_input4_avx512, fc_swinograd_weights4_avx512, fc_swinograd_output4_avx512},
     {8, 8, 3, 192, 256, 2048, {0, fc_dgemm_ukr_avx512_1, fc_dgemm_ukr_avx512_2, fc_dgemm_ukr_avx512_3, 0},
      6, 4, 6, 4,
      {0, fc_ddirect_ukr_avx512_1, fc_ddirect_ukr_avx512_2, fc_ddirect_ukr_avx512_3, fc_ddirect_ukr_avx512_4},
@@ -159,5 +200,6 @@ const fc_arch fc_arch_avx512 = {
      fc_dmax_pool_values_avx512,
      {0, fc_dgemm_ukr_avx512_1_ep, fc_dgemm_ukr_avx512_2_ep, fc_dgemm_ukr_avx512_3_ep, 0},
      fc_dmax_pool_argmax_avx512,
-     fc_dtranspose_avx512},
+     fc_dtranspose_avx512,
+     fc_dwinograd_input4_avx512, fc_dwinograd_weights4_avx512, fc_dwinograd_output4_avx512},
 };

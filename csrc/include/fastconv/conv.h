@@ -78,6 +78,13 @@ enum { FC_CONV_WINOGRAD_AUTO = 0, FC_CONV_WINOGRAD_NEVER = 1, FC_CONV_WINOGRAD_A
 #define FC_WINOGRAD_BLOCK 96
 int fc_conv2d_set_winograd_mode(int mode);
 int fc_conv2d_winograd_mode(void);
+/* The forward's output tile: F(2x2, 3x3) or F(4x4, 3x3) (1.78x fewer multiplications, a larger rounding bound).
+ * FC_CONV_WINOGRAD_TILE_AUTO picks per layer; 2 or 4 force it (process-wide, for tests). The weight gradient
+ * always runs F(2x2, 3x3). */
+enum { FC_CONV_WINOGRAD_TILE_AUTO = 0 };
+int fc_conv2d_set_winograd_tile(int tile);
+int fc_conv2d_winograd_tile(void);
+int fc_conv2d_winograd_tile_for(const fc_conv2d_desc *d);
 /* Whether layer d's forward runs on the Winograd path; whether its weight gradient does (in auto mode only from
  * 64 channels and filters per group and 96 tiles of 2x2 outputs). */
 int fc_conv2d_use_winograd(const fc_conv2d_desc *d);

@@ -36,7 +36,8 @@ typedef void (*fc_dwgrad_ukr)(int64_t nimg, int64_t nq, const double *FC_RESTRIC
                               int64_t dy_img, const double *FC_RESTRICT x, int64_t x_img,
                               const int64_t *FC_RESTRICT off, double *FC_RESTRICT out, int64_t ldo, int fb, int tb);
 
-/* Winograd F(2x2, 3x3) transforms of a run of at most FC_WINOGRAD_RUN tiles (arch/winograd_template.h). */
+/* Winograd F(2x2, 3x3) and F(4x4, 3x3) transforms of a run of at most FC_WINOGRAD_RUN tiles
+ * (arch/winograd_template.h). */
 #define FC_WINOGRAD_RUN 64
 typedef void (*fc_swino_input_ukr)(int64_t cnt, const float *const *rows, float *FC_RESTRICT dst,
                                    int64_t xi_stride);
@@ -100,6 +101,10 @@ typedef struct fc_sgemm_kernel {
     fc_sgemm_ukr_ep ukr_ep[FC_MAX_NV + 1]; /* ukr[v] with the epilogue */
     fc_smax_pool_argmax_ukr max_pool_argmax;
     fc_stranspose_ukr transpose;
+    /* Winograd F(4x4, 3x3): input tiles, weights, inverse of the products (its weight gradient runs F(2x2)) */
+    fc_swino_input_ukr winograd4_input;
+    fc_swino_weights_ukr winograd4_weights;
+    fc_swino_output_ukr winograd4_output;
 } fc_sgemm_kernel;
 
 typedef struct fc_dgemm_kernel {
@@ -118,6 +123,9 @@ typedef struct fc_dgemm_kernel {
     fc_dgemm_ukr_ep ukr_ep[FC_MAX_NV + 1];
     fc_dmax_pool_argmax_ukr max_pool_argmax;
     fc_dtranspose_ukr transpose;
+    fc_dwino_input_ukr winograd4_input;
+    fc_dwino_weights_ukr winograd4_weights;
+    fc_dwino_output_ukr winograd4_output;
 } fc_dgemm_kernel;
 
 typedef struct fc_arch {
