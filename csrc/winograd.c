@@ -42,6 +42,19 @@ int fc_conv2d_winograd_tile_for(const fc_conv2d_desc *d) {
     return d->ow >= FC_WINOGRAD4_MIN_WIDTH ? 4 : 2;
 }
 
+/* The weight gradient's GEMMs are as deep as a thread's block of tiles, and each block adds its products into
+ * the thread's sums H (points x f x c): F(4x4) has 2.25x the points and a quarter of the tiles, so on few tiles
+ * its H traffic dominates. Measured against F(2x2) (interleaved, 1 and 2 threads): 1.1-1.56x from 96 tiles of
+ * 4x4 per thread (VGG conv1_2 and conv3_1, AlexNet conv2 and conv3, ResNet's 64@56 and 256@14 on 1 thread);
+ * 0.48-0.9x below (VGG conv5_1 at batch 4: 64 tiles; ResNet's 256@14 at batch 8 on 2 threads). */
+#define FC_WINOGRAD4_MIN_GRAD_TILES 96
+
+int fc_conv2d_winograd_weight_grad_tile(const fc_conv2d_desc *d, int threads) {
+    if (winograd_tile != FC_CONV_WINOGRAD_TILE_AUTO) return winograd_tile;
+    int64_t tiles4 = d->n * ((d->oh + 3) / 4) * ((d->ow + 3) / 4); /* no overflow: prepare checked n*oh*ow */
+    return tiles4 >= FC_WINOGRAD4_MIN_GRAD_TILES * (int64_t)(threads < 1 ? 1 : threads) ? 4 : 2;
+}
+
 int fc_conv2d_use_winograd(const fc_conv2d_desc *d) {
     if (winograd_mode == FC_CONV_WINOGRAD_NEVER) return 0;
     if (d->kh != 3 || d->kw != 3 || d->sh != 1 || d->sw != 1 || d->dh != 1 || d->dw != 1 || d->n < 1) return 0;

@@ -122,11 +122,12 @@ def conv2d_winograd_mode(mode=None):
 
 
 def conv2d_winograd_tile(tile=None):
-    """The process-wide output tile of the Winograd forward: "auto", 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3)); sets it
+    """The process-wide output tile of the Winograd paths: "auto", 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3)); sets it
     when given and returns the previous value.
 
     F(4x4, 3x3) does 1.78x fewer multiplications than F(2x2, 3x3) but rounds more (its transforms' coefficients
-    reach 5 and 1/24); "auto" picks per layer. The weight gradient always runs F(2x2, 3x3).
+    reach 5 and 1/24); "auto" picks per layer. The setting covers the forward (and so the input gradient) and the
+    weight gradient.
     """
     current = fc_conv2d_winograd_tile()
     previous = "auto" if current == 0 else current

@@ -168,17 +168,19 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, s
     y : (N, F, Ho, Wo) with Ho = (H + 2*ph - dh*(kh-1) - 1) // sh + 1 (likewise Wo).
 
     Three ways, chosen per layer (docs/kernels-performance.md; ``fastconv._C.conv2d_forward_path`` tells which):
-    3x3 stride-1 undilated layers with >= 16 channels and >= 32 filters per group run Winograd F(2x2, 3x3)
-    (2.25x fewer multiplications; workspace: the transformed weights, 16 x F x C/groups elements, plus per thread
-    16 x (C + F)/groups x about 96 tiles); strided layers whose kernel spans 3 strides (AlexNet's 11x11 stride 4)
+    3x3 stride-1 undilated layers with >= 16 channels and >= 32 filters per group run Winograd: F(4x4, 3x3) from
+    24 output columns (4x fewer multiplications), F(2x2, 3x3) on narrower ones (2.25x fewer; ``fastconv._C.
+    conv2d_winograd_tile`` forces one); workspace: the transformed weights, P x F x C/groups elements with P = 36
+    or 16 points, plus per thread P x (C + F)/groups x about 96 tiles; strided layers whose kernel spans 3 strides (AlexNet's 11x11 stride 4)
     run the same way after rearranging the input phase by phase into a stride-1 layer on C*stride**2 channels
     (workspace: one rearranged copy of the input and of the weights); other stride-1 layers with few filters per group and a small image,
     and strided first layers (<= 4 channels per group, kernels of >= 9 taps), run direct-convolution kernels on a
     zero-padded copy of one image per thread split into its stride phases (at most 4M elements, plus the packed
     weights); the others run the GEMM with operands packed straight from the image (no im2col matrix),
     whose workspace is the packing buffers, at most (mc*kc + kc*nc) elements per thread (about 7 MiB in float32
-    with AVX-512). Winograd's rounding error is within a small multiple of the direct sum's
-    (``fastconv.testing.conv2d_winograd_bound``).
+    with AVX-512). Winograd's rounding error is bounded by the same pipeline run on absolute values
+    (``fastconv.testing.conv2d_winograd_bound``): a small multiple of the direct sum's for F(2x2, 3x3), some ten
+    times more for F(4x4, 3x3) (about 1e-5 of the largest output in float32).
     """
     x, weight, bias, stride, padding, dilation, groups, out_shape = _conv_args(
         x, weight, bias, stride, padding, dilation, groups)
@@ -242,7 +244,10 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
     weight^T by dy one tile of output pixels at a time and scatters it back (col2im), with a workspace of
     C/groups*kh*kw x tile elements per thread, bounded by 2**20 elements (4 MiB float32, 8 MiB float64) plus the
     GEMM packing buffers, whatever the batch size (the flipped convolution may itself run on Winograd). The
-    weight gradient runs on the direct kernels or the GEMM as the forward does (never on Winograd); the direct one stages at most 2**18 elements of input and gradient per thread.
+    weight gradient of a 3x3 stride-1 layer with >= 64 channels and filters per group runs on Winograd (F(4x4,
+    3x3) from 96 tiles of 4x4 outputs per thread, else F(2x2, 3x3); workspace per thread: P x (F + C)/groups x up
+    to kc tiles, and P x F x C/groups for its sums); otherwise on the direct kernels or the GEMM as the forward
+    does; the direct one stages at most 2**18 elements of input and gradient per thread.
     """
     x, weight, _, stride, padding, dilation, groups, out_shape = _conv_args(
         x, weight, None, stride, padding, dilation, groups)

@@ -205,14 +205,17 @@ def conv2d_winograd_bound(x, weight, bias=None, padding=0, groups=1, tile=2):
     return out
 
 
-def conv2d_winograd_weight_grad_bound(dy, x, padding=0, groups=1):
-    """The F(2x2, 3x3) weight-gradient pipeline run on absolute values, in float64: one value per weight of the
-    3x3, stride-1 convolution of x that produced dy (shape (F, C/groups, 3, 3)).
+def conv2d_winograd_weight_grad_bound(dy, x, padding=0, groups=1, tile=2):
+    """The F(tile x tile, 3x3) weight-gradient pipeline (tile 2 or 4) run on absolute values, in float64: one value
+    per weight of the 3x3, stride-1 convolution of x that produced dy (shape (F, C/groups, 3, 3)).
 
-    The weight gradient of one 2x2 tile of dy is G^T [(A e A^T) . (B^T d B)] G (e the tile of dy, d its 4x4
-    input window, A the forward's A^T transposed); summed over T tiles before the last transform. As for
-    conv2d_winograd_bound, an implementation is within ``(T + 16) * eps * bound`` of the exact gradient.
+    The weight gradient of one tile of dy is G^T [(A e A^T) . (B^T d B)] G (e the tile x tile window of dy, d its
+    (tile + 2)-square input window, A the forward's A^T transposed); summed over T tiles before the last
+    transform. As for conv2d_winograd_bound, an implementation is within ``(T + 16) * eps * bound`` of the exact
+    gradient with tile 2 (``(T + 32) * eps * bound`` with tile 4).
     """
+    if tile not in (2, 4):
+        raise ValueError(f"tile must be 2 or 4, got {tile!r}")
     dy64, x64 = np.abs(_f64(dy)), np.abs(_f64(x))
     n, c, h, w = x64.shape
     f, ho, wo = dy64.shape[1:]
@@ -220,18 +223,22 @@ def conv2d_winograd_weight_grad_bound(dy, x, padding=0, groups=1):
     if (ho, wo) != (h + 2 * ph - 2, w + 2 * pw - 2) or c % groups or f % groups:
         raise ValueError(f"dy {dy64.shape} is not the output of a 3x3 stride-1 convolution of x {x64.shape} "
                          f"with padding {padding} and groups={groups}")
-    th, tw = -(-ho // 2), -(-wo // 2)
-    padded = np.zeros((n, c, 2 * th + 2, 2 * tw + 2))
-    rows, cols = min(h, 2 * th + 2 - ph), min(w, 2 * tw + 2 - pw)
+    th, tw = -(-ho // tile), -(-wo // tile)
+    side = tile + 2
+    padded = np.zeros((n, c, tile * th + 2, tile * tw + 2))
+    rows, cols = min(h, tile * th + 2 - ph), min(w, tile * tw + 2 - pw)
     padded[:, :, ph:ph + rows, pw:pw + cols] = x64[:, :, :rows, :cols]
-    tiles = sliding_window_view(padded, (4, 4), axis=(2, 3))[:, :, ::2, ::2]  # n c th tw 4 4
-    dy_tiles = np.zeros((n, f, 2 * th, 2 * tw))
+    tiles = sliding_window_view(padded, (side, side), axis=(2, 3))[:, :, ::tile, ::tile]  # n c th tw side side
+    dy_tiles = np.zeros((n, f, tile * th, tile * tw))
     dy_tiles[:, :, :ho, :wo] = dy64
-    dy_tiles = dy_tiles.reshape(n, f, th, 2, tw, 2).transpose(0, 1, 2, 4, 3, 5)  # n f th tw 2 2
-    bt, g, a = np.abs(_WINOGRAD_BT), np.abs(_WINOGRAD_G), np.abs(_WINOGRAD_AT).T
-    v = np.einsum("ij,nctujk,lk->nctuil", bt, tiles, bt).reshape(n, groups, c // groups, th, tw, 4, 4)
-    e = np.einsum("ij,nftujk,lk->nftuil", a, dy_tiles, a).reshape(n, groups, f // groups, th, tw, 4, 4)
-    hsum = np.einsum("ngftuil,ngctuil->gfcil", e, v).reshape(f, c // groups, 4, 4)
+    dy_tiles = dy_tiles.reshape(n, f, th, tile, tw, tile).transpose(0, 1, 2, 4, 3, 5)  # n f th tw tile tile
+    if tile == 2:
+        bt, g, a = np.abs(_WINOGRAD_BT), np.abs(_WINOGRAD_G), np.abs(_WINOGRAD_AT).T
+    else:
+        bt, g, a = np.abs(_WINOGRAD4_BT), np.abs(_WINOGRAD4_G), np.abs(_WINOGRAD4_AT).T
+    v = np.einsum("ij,nctujk,lk->nctuil", bt, tiles, bt).reshape(n, groups, c // groups, th, tw, side, side)
+    e = np.einsum("ij,nftujk,lk->nftuil", a, dy_tiles, a).reshape(n, groups, f // groups, th, tw, side, side)
+    hsum = np.einsum("ngftuil,ngctuil->gfcil", e, v).reshape(f, c // groups, side, side)
     return np.einsum("ji,fcjk,kl->fcil", g, hsum, g)
 
 

@@ -360,10 +360,10 @@ def test_winograd(arch, nthreads, winograd_mode, dtype, case):
                              f // groups, dtype, tile)
     assert_within(dx, dx_ref, tol, "dx")
     n, _, oh, ow = y.shape
-    tiles = n * -(-oh // 2) * -(-ow // 2)
+    tiles = n * -(-oh // tile) * -(-ow // tile)
     tol = winograd_tolerance(dw_bound, n * oh * ow,
-                             conv2d_winograd_weight_grad_bound(dy64, x64, padding=padding, groups=groups), tiles,
-                             dtype)
+                             conv2d_winograd_weight_grad_bound(dy64, x64, padding=padding, groups=groups, tile=tile),
+                             tiles, dtype, tile)
     assert_within(dw, dw_ref, tol, "dw")
     assert_within_rounding(db, db_ref, db_bound, n * oh * ow, dtype, "db")
 
@@ -454,10 +454,10 @@ def test_strided_layers_as_stride1(arch, nthreads, winograd_mode, dtype, case):
     tol = winograd_tolerance(dx_bound, f // groups * k * k, back[:, :, ph:ph + h, pw:pw + w], f // groups + 3, dtype,
                              tile)
     assert_within(dx, dx_ref, tol, "dx")
-    dw2_bound = conv2d_winograd_weight_grad_bound(dy64, x2, groups=groups)
+    dw2_bound = conv2d_winograd_weight_grad_bound(dy64, x2, groups=groups, tile=tile)
     back = unphase_sum(dw2_bound, s, f, cg)  # for stride 1 the phases tile the 6x6 kernel: no sums
-    tiles = n * -(-oh // 2) * -(-ow // 2)
-    tol = winograd_tolerance(dw_bound, n * oh * ow, back[:, :, :k, :k], tiles, dtype)
+    tiles = n * -(-oh // tile) * -(-ow // tile)
+    tol = winograd_tolerance(dw_bound, n * oh * ow, back[:, :, :k, :k], tiles, dtype, tile)
     assert_within(dw, dw_ref, tol, "dw")
     assert_within_rounding(db, db_ref, db_bound, n * oh * ow, dtype, "db")
 

@@ -156,6 +156,7 @@ void WINO_NAME(output)(int64_t cnt, const T *FC_RESTRICT m, int64_t xi_stride, T
  * input4:   rows[i] (i < 6), max(4 cnt, 4 VL) + 2 readable values each; tile k covers columns 4k .. 4k+5; writes
  *           B^T d B to dst[xi * xi_stride + k], xi = 6 i + j.
  * weights4: as weights, 36 points.
+ * grad4:    as grad, on 4x4 windows of the output gradient (see below).
  * output4:  m[xi * xi_stride + k], 36 points; writes the 4x4 outputs of tile k to out[i * ldo + 4k + j]. */
 
 #define WT_INPUT4_VEC WT_CAT(WINO_NAME(input4), _vector)
@@ -305,6 +306,55 @@ void WINO_NAME(output4)(int64_t cnt, const T *FC_RESTRICT m, int64_t xi_stride, 
     }
 }
 
+/* grad4: rows[0..3] are the four rows of the output gradient under a run of cnt tiles, 4 max(cnt, VL) readable
+ * values each; writes A e A^T of tile k's 4x4 window e (A = the forward's A^T transposed, 6x4) to
+ * dst[xi * xi_stride + k], xi = 6 i + j. */
+#define WT_A6(o0, o1, o2, o3, o4, o5, e0, e1, e2, e3)                                                           \
+    do {                                                                                                       \
+        T p_ = (e0) + (e2), q_ = (e1) + (e3), u_ = (e0) + (T)4 * (e2), v_ = (T)2 * (e1) + (T)8 * (e3);         \
+        o0 = (e0);                                                                                             \
+        o1 = p_ + q_;                                                                                          \
+        o2 = p_ - q_;                                                                                          \
+        o3 = u_ + v_;                                                                                          \
+        o4 = u_ - v_;                                                                                          \
+        o5 = (e3);                                                                                             \
+    } while (0)
+
+/* VL tiles starting at tile k. */
+static inline __attribute__((always_inline)) void WT_CAT(WINO_NAME(grad4), _vector)(
+    const T *FC_RESTRICT r0, const T *FC_RESTRICT r1, const T *FC_RESTRICT r2, const T *FC_RESTRICT r3,
+    T *FC_RESTRICT dst, int64_t xi_stride) {
+#pragma GCC ivdep
+    for (int k = 0; k < VL; k++) {
+        T s[6][4];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) /* down the columns: A e */
+            WT_A6(s[0][j], s[1][j], s[2][j], s[3][j], s[4][j], s[5][j], r0[4 * k + j], r1[4 * k + j],
+                  r2[4 * k + j], r3[4 * k + j]);
+#pragma GCC unroll 6
+        for (int i = 0; i < 6; i++) { /* across: (A e) A^T */
+            T *o = dst + 6 * i * xi_stride + k;
+            WT_A6(o[0], o[xi_stride], o[2 * xi_stride], o[3 * xi_stride], o[4 * xi_stride], o[5 * xi_stride],
+                  s[i][0], s[i][1], s[i][2], s[i][3]);
+        }
+    }
+}
+
+void WINO_NAME(grad4)(int64_t cnt, const T *const *rows, T *FC_RESTRICT dst, int64_t xi_stride) {
+    if (cnt < VL) {
+        T tmp[36 * VL] __attribute__((aligned(64)));
+        WT_CAT(WINO_NAME(grad4), _vector)(rows[0], rows[1], rows[2], rows[3], tmp, VL);
+        for (int xi = 0; xi < 36; xi++) VSTORE_FIRST(dst + xi * xi_stride, tmp + xi * VL, (int)cnt);
+        return;
+    }
+    for (int64_t k0 = 0; k0 < cnt; k0 += VL) {
+        int64_t k = k0 + VL <= cnt ? k0 : cnt - VL;
+        WT_CAT(WINO_NAME(grad4), _vector)(rows[0] + 4 * k, rows[1] + 4 * k, rows[2] + 4 * k, rows[3] + 4 * k,
+                                          dst + k, xi_stride);
+    }
+}
+
+#undef WT_A6
 #undef WT_BT6
 #undef WT_G6
 #undef WT_AT6

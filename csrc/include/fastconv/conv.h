@@ -79,26 +79,28 @@ enum { FC_CONV_WINOGRAD_AUTO = 0, FC_CONV_WINOGRAD_NEVER = 1, FC_CONV_WINOGRAD_A
 int fc_conv2d_set_winograd_mode(int mode);
 int fc_conv2d_winograd_mode(void);
 /* The forward's output tile: F(2x2, 3x3) or F(4x4, 3x3) (1.78x fewer multiplications, a larger rounding bound).
- * FC_CONV_WINOGRAD_TILE_AUTO picks per layer; 2 or 4 force it (process-wide, for tests). The weight gradient
- * always runs F(2x2, 3x3). */
+ * FC_CONV_WINOGRAD_TILE_AUTO picks per layer, for the forward and the weight gradient; 2 or 4 force it
+ * (process-wide, for tests). */
 enum { FC_CONV_WINOGRAD_TILE_AUTO = 0 };
 int fc_conv2d_set_winograd_tile(int tile);
 int fc_conv2d_winograd_tile(void);
 int fc_conv2d_winograd_tile_for(const fc_conv2d_desc *d);
+int fc_conv2d_winograd_weight_grad_tile(const fc_conv2d_desc *d, int threads);
 /* Whether layer d's forward runs on the Winograd path; whether its weight gradient does (in auto mode only from
  * 64 channels and filters per group and 96 tiles of 2x2 outputs). */
 int fc_conv2d_use_winograd(const fc_conv2d_desc *d);
 int fc_conv2d_use_winograd_weight_grad(const fc_conv2d_desc *d);
-/* Called by fc_Xconv2d_forward when fc_conv2d_use_winograd(d); d already prepared. Workspace: the transformed
- * weights (16 x f x c/groups) and per thread 16 x (c/groups + f/groups) x FC_WINOGRAD_BLOCK elements. */
+/* Called by fc_Xconv2d_forward when fc_conv2d_use_winograd(d); d already prepared. Workspace, with P = 16 points
+ * (F(2x2)) or 36 (F(4x4)): the transformed weights (P x f x c/groups) and per thread
+ * P x (c/groups + f/groups) x FC_WINOGRAD_BLOCK elements. */
 int fc_sconv2d_forward_winograd(const fc_context *ctx, const float *x, float *y, int64_t ldy, const float *weight,
                                 const float *scale, const float *bias, const float *res, int relu,
                                 const fc_conv2d_desc *d);
 int fc_dconv2d_forward_winograd(const fc_context *ctx, const double *x, double *y, int64_t ldy,
                                 const double *weight, const double *scale, const double *bias, const double *res,
                                 int relu, const fc_conv2d_desc *d);
-/* The weight gradient of such a layer (dweight only). Workspace per thread: 16 x (f + c)/groups x up to kc tiles
- * for the transforms, and 16 x f x c/groups for its sums. */
+/* The weight gradient of such a layer (dweight only). Workspace per thread: P x (f + c)/groups x up to kc tiles
+ * for the transforms, and P x f x c/groups for its sums. */
 int fc_sconv2d_backward_weight_winograd(const fc_context *ctx, const float *x, const float *dy, float *dweight,
                                         const fc_conv2d_desc *d);
 int fc_dconv2d_backward_weight_winograd(const fc_context *ctx, const double *x, const double *dy, double *dweight,

@@ -101,10 +101,11 @@ typedef struct fc_sgemm_kernel {
     fc_sgemm_ukr_ep ukr_ep[FC_MAX_NV + 1]; /* ukr[v] with the epilogue */
     fc_smax_pool_argmax_ukr max_pool_argmax;
     fc_stranspose_ukr transpose;
-    /* Winograd F(4x4, 3x3): input tiles, weights, inverse of the products (its weight gradient runs F(2x2)) */
+    /* Winograd F(4x4, 3x3): input tiles, weights, inverse of the products, output-gradient tiles */
     fc_swino_input_ukr winograd4_input;
     fc_swino_weights_ukr winograd4_weights;
     fc_swino_output_ukr winograd4_output;
+    fc_swino_grad_ukr winograd4_grad;
 } fc_sgemm_kernel;
 
 typedef struct fc_dgemm_kernel {
@@ -126,6 +127,7 @@ typedef struct fc_dgemm_kernel {
     fc_dwino_input_ukr winograd4_input;
     fc_dwino_weights_ukr winograd4_weights;
     fc_dwino_output_ukr winograd4_output;
+    fc_dwino_grad_ukr winograd4_grad;
 } fc_dgemm_kernel;
 
 typedef struct fc_arch {
