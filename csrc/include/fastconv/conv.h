@@ -99,6 +99,12 @@ int fc_sconv2d_forward_winograd(const fc_context *ctx, const float *x, float *y,
 int fc_dconv2d_forward_winograd(const fc_context *ctx, const double *x, double *y, int64_t ldy,
                                 const double *weight, const double *scale, const double *bias, const double *res,
                                 int relu, const fc_conv2d_desc *d);
+/* The input gradient of a layer whose flipped form t (fc_conv2d_use_winograd(t): stride 1, dy padded, filters
+ * and channels swapped) runs on Winograd, from the layer's own weights (flipped and swapped on the fly). */
+int fc_sconv2d_input_grad_winograd(const fc_context *ctx, const float *dy, float *dx, const float *weight,
+                                   const fc_conv2d_desc *t);
+int fc_dconv2d_input_grad_winograd(const fc_context *ctx, const double *dy, double *dx, const double *weight,
+                                   const fc_conv2d_desc *t);
 /* The weight gradient of such a layer (dweight only). Workspace per thread: P x (f + c)/groups x up to kc tiles
  * for the transforms, and P x f x c/groups for its sums. */
 int fc_sconv2d_backward_weight_winograd(const fc_context *ctx, const float *x, const float *dy, float *dweight,
