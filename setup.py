@@ -81,7 +81,8 @@ c_sources = sorted(glob(os.path.join(CSRC, "*.c")))
 # The per-ISA files are compiled apart (BuildExt) and linked in as objects: listing them here makes a change to one
 # of them relink the extension too.
 c_depends = sorted(glob(os.path.join(CSRC, "*.inc")) + glob(os.path.join(CSRC, "include", "fastconv", "*.h")) +
-                   glob(os.path.join(CSRC, "arch", "*.h")) + [src for src, _ in ISA_SOURCES.values()])
+                   glob(os.path.join(CSRC, "arch", "*.h")) + [src for src, _ in ISA_SOURCES.values()] +
+                   [os.path.join("fastconv", "_array_cache.h")])
 ext = Extension(
     "fastconv._C",
     sources=[os.path.join("fastconv", "_C.pyx")] + c_sources,

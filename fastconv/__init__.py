@@ -7,13 +7,14 @@
 """
 __version__ = "0.1.0"
 
-from ._runtime import (available_archs, get_arch, get_num_threads, set_arch, set_num_threads, show_config,
-                       threads)
+from ._runtime import (array_cache_info, available_archs, empty_array_cache, get_arch, get_num_threads,
+                       set_arch, set_array_cache_limit, set_num_threads, show_config, threads)
 from .functional import gemm
 from .nn import no_grad
 
 __all__ = ["__version__", "available_archs", "get_arch", "set_arch", "get_num_threads", "set_num_threads",
-           "threads", "show_config", "gemm", "no_grad", "save", "load"]
+           "threads", "show_config", "gemm", "no_grad", "save", "load", "array_cache_info", "empty_array_cache",
+           "set_array_cache_limit"]
 
 
 def __getattr__(name):

@@ -24,6 +24,7 @@ import threading
 
 import numpy as np
 
+from . import _C
 from . import functional as F
 
 _grad_state = threading.local()
@@ -589,11 +590,17 @@ class Sequential(Module):
             self.add_child(name, layer)
 
     def forward(self, x):
-        if not is_grad_enabled():
-            return self._forward_fused(x)
-        for layer in self.children.values():
-            x = layer.forward(x)
-        return x
+        # arrays made inside come from fastconv's array cache: a network's activations reuse the blocks of the
+        # previous call instead of faulting in fresh pages (fastconv.array_cache_info)
+        previous = _C.array_cache_enter()
+        try:
+            if not is_grad_enabled():
+                return self._forward_fused(x)
+            for layer in self.children.values():
+                x = layer.forward(x)
+            return x
+        finally:
+            _C.array_cache_exit(previous)
 
     def _forward_fused(self, x, residual=None, relu=False, out=None):
         """Inference (inside no_grad): a Conv2d, the eval-mode BatchNorm2d and the ReLU after it run as one
@@ -646,6 +653,13 @@ class Sequential(Module):
         return x
 
     def backward(self, dy):
+        previous = _C.array_cache_enter()
+        try:
+            return self._backward(dy)
+        finally:
+            _C.array_cache_exit(previous)
+
+    def _backward(self, dy):
         layers = list(self.children.values())
         # the input gradient of layer i is needed if anything before it trains, or this container's input
         # gradient is needed
