@@ -14,6 +14,8 @@ cdef extern from "fastconv/conv.h" nogil:
     int fc_conv2d_winograd_mode()
     int fc_conv2d_set_winograd_tile(int tile)
     int fc_conv2d_winograd_tile()
+    int fc_conv2d_winograd_tile_for(const fc_conv2d_desc *d)
+    int fc_conv2d_winograd_weight_grad_tile(const fc_conv2d_desc *d, int threads)
     int64_t fc_conv2d_workspace_bytes(const fc_conv2d_desc *d, int64_t elem_size)
     int fc_conv2d_forward_path(const fc_context *ctx, const fc_conv2d_desc *d, int64_t elem_size)
     int fc_sconv2d_forward(const fc_context *ctx, const float *x, float *y, const float *weight,
@@ -159,6 +161,14 @@ def conv2d_forward_path(tuple x_shape, tuple w_shape, tuple stride, tuple paddin
     cdef fc_conv2d_desc d = _conv_desc(x_shape, w_shape, stride, padding, dilation, groups)
     cdef fc_context ctx = fc_context_default()
     return _FORWARD_PATHS[fc_conv2d_forward_path(&ctx, &d, itemsize)]
+
+
+def conv2d_winograd_tiles(tuple x_shape, tuple w_shape, tuple padding, int64_t groups):
+    """The output tiles (2 or 4) a 3x3 stride-1 layer of these shapes would take on the Winograd paths with the
+    current setting and thread count: (forward and input gradient's flipped forward, weight gradient)."""
+    cdef fc_conv2d_desc d = _conv_desc(x_shape, w_shape, (1, 1), padding, (1, 1), groups)
+    cdef fc_context ctx = fc_context_default()
+    return fc_conv2d_winograd_tile_for(&d), fc_conv2d_winograd_weight_grad_tile(&d, ctx.num_threads)
 
 
 def conv2d_forward(const real[:, :, :, ::1] x, real[:, :, :, :] y, const real[:, :, :, ::1] weight,

@@ -462,6 +462,31 @@ def test_strided_layers_as_stride1(arch, nthreads, winograd_mode, dtype, case):
     assert_within_rounding(db, db_ref, db_bound, n * oh * ow, dtype, "db")
 
 
+def test_winograd_auto_tiles():
+    """F(4x4, 3x3) forward from 24 output columns; its weight gradient from 96 tiles of 4x4 per thread."""
+    tiles = _C.conv2d_winograd_tiles
+    assert _C.conv2d_winograd_tile() == "auto"
+    with fastconv.threads(1):
+        assert tiles((4, 128, 56, 56), (256, 128, 3, 3), (1, 1), 1) == (4, 4)   # VGG conv3_1: 4 * 196 tiles
+        assert tiles((4, 512, 14, 14), (512, 512, 3, 3), (1, 1), 1) == (2, 2)   # VGG conv5_1: 64 tiles of 4x4
+        assert tiles((8, 256, 14, 14), (256, 256, 3, 3), (1, 1), 1) == (2, 4)   # 128 tiles of 4x4
+        assert tiles((2, 16, 6, 24), (32, 16, 3, 3), (1, 1), 1) == (4, 2)       # exactly 24 columns
+        assert tiles((2, 16, 6, 23), (32, 16, 3, 3), (1, 1), 1) == (2, 2)
+    with fastconv.threads(2):
+        assert tiles((8, 256, 14, 14), (256, 256, 3, 3), (1, 1), 1) == (2, 2)   # 64 tiles per thread
+        assert tiles((16, 256, 13, 13), (384, 256, 3, 3), (1, 1), 1) == (2, 4)  # AlexNet conv3: 128 per thread
+    previous = _C.conv2d_winograd_tile(2)
+    try:
+        assert tiles((4, 128, 56, 56), (256, 128, 3, 3), (1, 1), 1) == (2, 2)
+        _C.conv2d_winograd_tile(4)
+        assert tiles((4, 512, 14, 14), (512, 512, 3, 3), (1, 1), 1) == (4, 4)
+    finally:
+        _C.conv2d_winograd_tile(previous)
+    for bad in (3, 0, "4", True):
+        with pytest.raises(ValueError, match="tile must be 'auto', 2 or 4"):
+            _C.conv2d_winograd_tile(bad)
+
+
 def test_winograd_auto_choice():
     """By default: 3x3 stride-1 undilated layers with >= 16 channels and >= 32 filters per group (the weight
     gradient: >= 64 of each and >= 96 tiles; checked through the results' rounding in test_winograd)."""
