@@ -73,8 +73,8 @@ static void fc_cache_free(void *ctx, void *ptr, size_t size) {
     if (size >= FC_CACHE_MIN_BYTES) {
         int kept = 0;
         fc_cache_lock();
-        if (fc_array_cache.count < FC_CACHE_SLOTS && size <= fc_array_cache.limit - fc_array_cache.held &&
-            fc_array_cache.held <= fc_array_cache.limit) {
+        if (fc_array_cache.count < FC_CACHE_SLOTS && fc_array_cache.held <= fc_array_cache.limit &&
+            size <= fc_array_cache.limit - fc_array_cache.held) {
             fc_array_cache.ptr[fc_array_cache.count] = ptr;
             fc_array_cache.size[fc_array_cache.count] = size;
             fc_array_cache.count++;
@@ -106,11 +106,13 @@ static size_t fc_array_cache_clear(void) {
 /* Sets the limit (blocks kept beyond it are freed); returns the previous one. */
 static size_t fc_array_cache_set_limit(size_t limit) {
     size_t previous;
+    int over;
     fc_cache_lock();
     previous = fc_array_cache.limit;
     fc_array_cache.limit = limit;
+    over = fc_array_cache.held > limit; /* read under the lock: another thread may be freeing into the cache */
     fc_cache_unlock();
-    if (fc_array_cache.held > limit) fc_array_cache_clear();
+    if (over) fc_array_cache_clear();
     return previous;
 }
 
