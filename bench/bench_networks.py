@@ -5,8 +5,10 @@ The torch side is bench/torch_models.py -- the same architectures written as pla
 fastconv model's weights; onnxruntime runs that torch model exported to ONNX (opset 17, TorchScript exporter,
 dynamic batch). All three run in the same process, cell after cell, at each thread count.
 
-  inference      fastconv: model.eval(), model.forward(x) under fastconv.no_grad() (conv + batch-norm folded,
-                 ReLU in place); torch: eval() under inference_mode(); onnxruntime:
+  inference      fastconv: model.prepare_inference() (eval mode, each Winograd layer's weight transform made
+                 once, as an onnxruntime session prepacks its weights when it loads a model), model.forward(x)
+                 under fastconv.no_grad() (conv + batch-norm folded, ReLU in place); torch: eval() under
+                 inference_mode(); onnxruntime:
                  session.run with intra_op_num_threads = threads
   training step  zero_grad + forward + softmax cross-entropy + backward + SGD update (lr 1e-3, no momentum);
                  fastconv: model.train(), no input gradient for the first layer, fastconv.optim.SGD;
@@ -124,8 +126,9 @@ class Network:
 # ------------------------------------------------------------------------------------------ timed callables
 
 def fastconv_infer(model, x):
-    """fn() -> logits of the fastconv model in eval mode, under no_grad (as torch runs under inference_mode)."""
-    model.eval()
+    """fn() -> logits of the fastconv model prepared for inference (eval mode), under no_grad (as torch runs
+    under inference_mode)."""
+    model.prepare_inference()
 
     def run():
         with fastconv.no_grad():

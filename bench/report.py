@@ -126,7 +126,9 @@ def render_markdown(data, png=None, md_dir=None):
               "`tests/test_bench_models.py`) loaded with the same weights; onnxruntime runs that torch model "
               "exported with `torch.onnx.export(opset_version=17, dynamo=False)`, dynamic batch, LRN as one ONNX "
               "LRN node, CPU execution provider, `intra_op_num_threads` = threads.",
-              "- Inference: fastconv `model.eval()` + `forward`; torch `eval()` under `inference_mode()`; "
+              "- Inference: fastconv `model.prepare_inference()` (eval mode; each Winograd layer transforms its "
+              "weights once, as an onnxruntime session prepacks its weights) + `forward` under `no_grad()`; torch "
+              "`eval()` under `inference_mode()`; "
               "onnxruntime `session.run`.",
               "- Training step: zero_grad + forward + softmax cross-entropy + backward + SGD update (lr 1e-3, no "
               "momentum). fastconv: `model.train()`, no gradient for the input images, `fastconv.optim.SGD`; "

@@ -3,6 +3,8 @@
 validates and converts; these functions release the GIL and call C on the buffers they are given."""
 from libc.stdint cimport int64_t
 
+import numpy as np
+
 ctypedef fused real:
     float
     double

@@ -28,6 +28,19 @@ cdef extern from "fastconv/conv.h" nogil:
     int fc_dconv2d_forward_fused(const fc_context *ctx, const double *x, double *y, int64_t ldy,
                                  const double *weight, const double *scale, const double *bias, const double *res,
                                  int relu, const fc_conv2d_desc *d)
+    int64_t fc_sconv2d_prepared_weights_elems(const fc_context *ctx, const fc_conv2d_desc *d)
+    int64_t fc_dconv2d_prepared_weights_elems(const fc_context *ctx, const fc_conv2d_desc *d)
+    int fc_sconv2d_prepare_weights(const fc_context *ctx, const float *weight, float *prepared, int64_t elems,
+                                   const fc_conv2d_desc *d)
+    int fc_dconv2d_prepare_weights(const fc_context *ctx, const double *weight, double *prepared, int64_t elems,
+                                   const fc_conv2d_desc *d)
+    int fc_sconv2d_forward_prepared(const fc_context *ctx, const float *x, float *y, int64_t ldy,
+                                    const float *weight, const float *prepared, int64_t elems, const float *scale,
+                                    const float *bias, const float *res, int relu, const fc_conv2d_desc *d)
+    int fc_dconv2d_forward_prepared(const fc_context *ctx, const double *x, double *y, int64_t ldy,
+                                    const double *weight, const double *prepared, int64_t elems,
+                                    const double *scale, const double *bias, const double *res, int relu,
+                                    const fc_conv2d_desc *d)
     int fc_sconv2d_backward_input(const fc_context *ctx, const float *dy, float *dx, const float *weight,
                                   const fc_conv2d_desc *d)
     int fc_dconv2d_backward_input(const fc_context *ctx, const double *dy, double *dx, const double *weight,
@@ -171,11 +184,49 @@ def conv2d_winograd_tiles(tuple x_shape, tuple w_shape, tuple padding, int64_t g
     return fc_conv2d_winograd_tile_for(&d), fc_conv2d_winograd_weight_grad_tile(&d, ctx.num_threads)
 
 
+def conv2d_prepare_weights(const real[:, :, :, ::1] weight, tuple x_shape, tuple stride, tuple padding,
+                           tuple dilation, int64_t groups):
+    """The weights of a layer prepared for repeated inference forwards (conv2d_forward's `prepared`): a 1-D
+    array of weight's dtype holding the Winograd transform for the current arch and tile setting, or None when
+    this layer's forward does not run on Winograd (nothing to prepare). Only x_shape's channels, height and width
+    matter (the tile depends on the output width)."""
+    cdef fc_conv2d_desc d = _conv_desc((max(int(x_shape[0]), 1),) + tuple(x_shape[1:]),
+                                       (weight.shape[0], weight.shape[1], weight.shape[2], weight.shape[3]), stride,
+                                       padding, dilation, groups)
+    cdef fc_context ctx = fc_context_default()
+    cdef int64_t elems
+    cdef int err = 0
+    if real is float:
+        elems = fc_sconv2d_prepared_weights_elems(&ctx, &d)
+    else:
+        elems = fc_dconv2d_prepared_weights_elems(&ctx, &d)
+    if elems < 0:
+        check(FC_ERR_OVERFLOW)
+    if elems == 0:
+        return None
+    dtype = np.float32 if real is float else np.float64
+    cdef Py_ssize_t item = sizeof(real)
+    raw = np.empty(elems + 64 // item, dtype=dtype)
+    start = (-raw.ctypes.data % 64) // item  # the transform's planes start on a cache line
+    prepared = raw[start:start + elems]
+    cdef real[::1] pv = prepared
+    with nogil:
+        if real is float:
+            err = fc_sconv2d_prepare_weights(&ctx, &weight[0, 0, 0, 0], &pv[0], elems, &d)
+        else:
+            err = fc_dconv2d_prepare_weights(&ctx, &weight[0, 0, 0, 0], &pv[0], elems, &d)
+    check(err)
+    return prepared
+
+
 def conv2d_forward(const real[:, :, :, ::1] x, real[:, :, :, :] y, const real[:, :, :, ::1] weight,
                    const real[::1] bias, tuple stride, tuple padding, tuple dilation, int64_t groups,
-                   const real[:, :, :, ::1] residual=None, bint relu=False, const real[::1] scale=None):
+                   const real[:, :, :, ::1] residual=None, bint relu=False, const real[::1] scale=None,
+                   const real[::1] prepared=None):
     """y = conv(x, weight) * scale + bias (+ residual, y's shape; then max(., 0) when relu), y written once.
-    Each image of y must be contiguous (y may be a channel slice of a wider array); a residual needs y dense."""
+    Each image of y must be contiguous (y may be a channel slice of a wider array); a residual needs y dense.
+    prepared: conv2d_prepare_weights(weight, ...), read instead of transforming weight where it was made for
+    what the layer runs now (arch, tile, shapes); otherwise ignored."""
     cdef fc_conv2d_desc d = _conv_desc((x.shape[0], x.shape[1], x.shape[2], x.shape[3]),
                                        (weight.shape[0], weight.shape[1], weight.shape[2], weight.shape[3]), stride, padding, dilation,
                                        groups)
@@ -209,13 +260,15 @@ def conv2d_forward(const real[:, :, :, ::1] x, real[:, :, :, :] y, const real[:,
             pr = &residual[0, 0, 0, 0]
     if d.n == 0:
         return
+    cdef const real *pp = &prepared[0] if prepared is not None and prepared.shape[0] > 0 else NULL
+    cdef int64_t elems = prepared.shape[0] if pp != NULL else 0
     with nogil:
         if real is float:
-            err = fc_sconv2d_forward_fused(&ctx, &x[0, 0, 0, 0], &y[0, 0, 0, 0], ldy, &weight[0, 0, 0, 0], ps,
-                                           pb, pr, relu, &d)
+            err = fc_sconv2d_forward_prepared(&ctx, &x[0, 0, 0, 0], &y[0, 0, 0, 0], ldy, &weight[0, 0, 0, 0], pp,
+                                              elems, ps, pb, pr, relu, &d)
         else:
-            err = fc_dconv2d_forward_fused(&ctx, &x[0, 0, 0, 0], &y[0, 0, 0, 0], ldy, &weight[0, 0, 0, 0], ps,
-                                           pb, pr, relu, &d)
+            err = fc_dconv2d_forward_prepared(&ctx, &x[0, 0, 0, 0], &y[0, 0, 0, 0], ldy, &weight[0, 0, 0, 0], pp,
+                                              elems, ps, pb, pr, relu, &d)
     check(err)
 
 

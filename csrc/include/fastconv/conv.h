@@ -143,6 +143,43 @@ int fc_dconv2d_forward_fused(const fc_context *ctx, const double *x, double *y, 
                              const double *scale, const double *bias, const double *res, int relu,
                              const fc_conv2d_desc *d);
 
+/* Weights prepared once for many inference forwards of one layer: on the Winograd path (directly, or after a
+ * strided or 5x5 layer's rearrangement into a 3x3 stride-1 one) the transformed weights U, with a header saying for
+ * which arch (mr), tile, channels, filters, groups and rearrangement they were made. Elements needed for layer d
+ * with the current settings (0: its forward is not on Winograd, nothing to prepare; -1: overflow). */
+int64_t fc_sconv2d_prepared_weights_elems(const fc_context *ctx, const fc_conv2d_desc *d);
+int64_t fc_dconv2d_prepared_weights_elems(const fc_context *ctx, const fc_conv2d_desc *d);
+/* Writes them; FC_ERR_ARG when elems is not the size above or there is nothing to prepare. */
+int fc_sconv2d_prepare_weights(const fc_context *ctx, const float *weight, float *prepared, int64_t elems,
+                               const fc_conv2d_desc *d);
+int fc_dconv2d_prepare_weights(const fc_context *ctx, const double *weight, double *prepared, int64_t elems,
+                               const fc_conv2d_desc *d);
+/* fc_Xconv2d_forward_fused reading prepared weights where their header matches what the layer would transform
+ * now; otherwise (another tile, arch or layer, or prepared NULL) from weight, which must be the same weights. */
+int fc_sconv2d_forward_prepared(const fc_context *ctx, const float *x, float *y, int64_t ldy, const float *weight,
+                                const float *prepared, int64_t elems, const float *scale, const float *bias,
+                                const float *res, int relu, const fc_conv2d_desc *d);
+int fc_dconv2d_forward_prepared(const fc_context *ctx, const double *x, double *y, int64_t ldy,
+                                const double *weight, const double *prepared, int64_t elems, const double *scale,
+                                const double *bias, const double *res, int relu, const fc_conv2d_desc *d);
+/* The Winograd halves of the above (winograd_impl.inc); step: the rearrangement's (0: none). */
+int64_t fc_swinograd_prepared_elems(const fc_context *ctx, const fc_conv2d_desc *d);
+int64_t fc_dwinograd_prepared_elems(const fc_context *ctx, const fc_conv2d_desc *d);
+int fc_swinograd_prepare(const fc_context *ctx, const float *weight, float *prepared, int64_t elems, int64_t step,
+                         const fc_conv2d_desc *d);
+int fc_dwinograd_prepare(const fc_context *ctx, const double *weight, double *prepared, int64_t elems,
+                         int64_t step, const fc_conv2d_desc *d);
+int fc_swinograd_prepared_matches(const fc_context *ctx, const float *prepared, int64_t elems, int64_t step,
+                                  const fc_conv2d_desc *d);
+int fc_dwinograd_prepared_matches(const fc_context *ctx, const double *prepared, int64_t elems, int64_t step,
+                                  const fc_conv2d_desc *d);
+int fc_sconv2d_forward_winograd_prepared(const fc_context *ctx, const float *x, float *y, int64_t ldy,
+                                         const float *prepared, const float *scale, const float *bias,
+                                         const float *res, int relu, const fc_conv2d_desc *d);
+int fc_dconv2d_forward_winograd_prepared(const fc_context *ctx, const double *x, double *y, int64_t ldy,
+                                         const double *prepared, const double *scale, const double *bias,
+                                         const double *res, int relu, const fc_conv2d_desc *d);
+
 /* dx from dy and the weights (x not needed). Workspace: the col2im tile, or for the flipped method one
  * rearranged copy of the weights. */
 int fc_sconv2d_backward_input(const fc_context *ctx, const float *dy, float *dx, const float *weight,

@@ -1,0 +1,183 @@
+"""Weights prepared once for repeated inference (F.conv2d_prepare_weights, conv2d(prepared=...),
+Module.prepare_inference): the same results as transforming them per call, used only where they fit."""
+import numpy as np
+import pytest
+
+import fastconv
+import fastconv.functional as F
+import fastconv.nn as nn
+from fastconv import _C, testing
+
+# (x shape, weight shape, stride, padding, groups): 3x3 stride-1 layers (one narrow, one wide enough for F(4x4),
+# one with groups) and a strided layer rearranged into a 3x3 stride-1 one (AlexNet conv1's 11x11 stride 4)
+CASES = {
+    "3x3": ((2, 24, 9, 11), (40, 24, 3, 3), 1, 1, 1),
+    "3x3_wide": ((1, 32, 6, 30), (36, 32, 3, 3), 1, 1, 1),
+    "3x3_groups": ((2, 36, 8, 8), (64, 18, 3, 3), 1, 1, 2),
+    "11x11_s4": ((2, 3, 31, 35), (40, 3, 11, 11), 4, 0, 1),
+}
+
+
+@pytest.fixture
+def winograd_auto():
+    previous = _C.conv2d_winograd_mode("auto"), _C.conv2d_winograd_tile("auto")
+    yield
+    _C.conv2d_winograd_mode(previous[0])
+    _C.conv2d_winograd_tile(previous[1])
+
+
+def make(rng, case, dtype):
+    xs, ws, stride, padding, groups = CASES[case]
+    x = rng.standard_normal(xs).astype(dtype)
+    w = rng.standard_normal(ws).astype(dtype)
+    b = rng.standard_normal(ws[0]).astype(dtype)
+    return x, w, b, stride, padding, groups
+
+
+@pytest.mark.parametrize("tile", ["auto", 2, 4])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_prepared_matches_per_call_transform(arch, nthreads, winograd_auto, rng, case, dtype, tile):
+    _C.conv2d_winograd_tile(tile)
+    x, w, b, stride, padding, groups = make(rng, case, dtype)
+    prepared = F.conv2d_prepare_weights(w, x.shape, stride, padding, groups=groups)
+    assert prepared is not None and prepared.dtype == dtype and prepared.ndim == 1
+    assert prepared.ctypes.data % 64 == 0
+    plain = F.conv2d(x, w, b, stride, padding, groups=groups)
+    y = F.conv2d(x, w, b, stride, padding, groups=groups, prepared=prepared)
+    # the same transform, once: bit for bit the per-call result
+    np.testing.assert_array_equal(y, plain)
+    ref = testing.conv2d_ref(x, w, b, stride, padding, groups=groups)
+    tol = 2e-3 if dtype == np.float32 else 1e-9
+    assert testing.max_relative_error(y, ref) < tol
+    # fused epilogue, and a batch other than the one prepared for
+    s = rng.standard_normal(w.shape[0]).astype(dtype)
+    res = rng.standard_normal(plain.shape).astype(dtype)
+    np.testing.assert_array_equal(
+        F.conv2d(x, w, b, stride, padding, groups=groups, scale=s, residual=res, relu=True, prepared=prepared),
+        F.conv2d(x, w, b, stride, padding, groups=groups, scale=s, residual=res, relu=True))
+    np.testing.assert_array_equal(F.conv2d(x[:1], w, b, stride, padding, groups=groups, prepared=prepared),
+                                  plain[:1])
+
+
+def test_prepared_values_are_read(winograd_auto, rng):
+    """Altering the transform (not its header) alters the output: the layer reads the prepared weights."""
+    x, w, b, stride, padding, groups = make(rng, "3x3", np.float64)
+    prepared = F.conv2d_prepare_weights(w, x.shape, stride, padding)
+    header = 64 // prepared.itemsize
+    changed = prepared.copy()
+    changed[header:] *= 2
+    y = F.conv2d(x, w, None, stride, padding, prepared=changed)
+    np.testing.assert_allclose(y, 2 * F.conv2d(x, w, None, stride, padding), rtol=1e-12, atol=1e-12)
+
+
+def test_prepared_for_something_else_is_ignored(winograd_auto, rng):
+    x, w, b, stride, padding, groups = make(rng, "3x3_wide", np.float32)
+    plain = F.conv2d(x, w, b, stride, padding)
+    # made for F(4x4) (30 columns), used after forcing F(2x2): the weights are transformed as usual
+    prepared = F.conv2d_prepare_weights(w, x.shape, stride, padding)
+    _C.conv2d_winograd_tile(2)
+    np.testing.assert_array_equal(F.conv2d(x, w, b, stride, padding, prepared=prepared),
+                                  F.conv2d(x, w, b, stride, padding))
+    _C.conv2d_winograd_tile("auto")
+    # Winograd off: the GEMM path, whatever was prepared
+    _C.conv2d_winograd_mode("never")
+    y = F.conv2d(x, w, b, stride, padding, prepared=prepared)
+    assert testing.max_relative_error(y, plain) < 2e-3
+    _C.conv2d_winograd_mode("auto")
+    # another layer's, and garbage of the right size (no header): ignored
+    x2 = rng.standard_normal((1, 32, 6, 12)).astype(np.float32)  # 12 columns: F(2x2)
+    other = F.conv2d_prepare_weights(w, x2.shape, stride, padding)
+    np.testing.assert_array_equal(F.conv2d(x, w, b, stride, padding, prepared=other), plain)
+    np.testing.assert_array_equal(F.conv2d(x, w, b, stride, padding, prepared=np.zeros_like(prepared)), plain)
+    np.testing.assert_array_equal(F.conv2d(x, w, b, stride, padding, prepared=np.zeros(3, np.float32)), plain)
+
+
+def test_nothing_to_prepare_off_winograd(winograd_auto, rng):
+    x = rng.standard_normal((1, 32, 12, 12)).astype(np.float32)
+    assert F.conv2d_prepare_weights(rng.standard_normal((16, 32, 1, 1)).astype(np.float32), x.shape) is None
+    assert F.conv2d_prepare_weights(rng.standard_normal((48, 32, 3, 3)).astype(np.float32), x.shape,
+                                    stride=2, padding=1) is None
+    _C.conv2d_winograd_mode("never")
+    assert F.conv2d_prepare_weights(rng.standard_normal((48, 32, 3, 3)).astype(np.float32), x.shape, 1, 1) is None
+
+
+def test_prepared_bad_arguments(rng):
+    x, w, b, stride, padding, groups = make(rng, "3x3", np.float32)
+    prepared = F.conv2d_prepare_weights(w, x.shape, stride, padding)
+    with pytest.raises(TypeError, match="prepared"):
+        F.conv2d(x.astype(np.float64), w.astype(np.float64), None, stride, padding, prepared=prepared)
+    with pytest.raises(TypeError, match="prepared"):
+        F.conv2d(x, w, None, stride, padding, prepared=list(prepared[:4]))
+    with pytest.raises(TypeError, match="prepared"):
+        F.conv2d(x, w, None, stride, padding, prepared=prepared.reshape(1, -1))
+    with pytest.raises(ValueError, match="x_shape"):
+        F.conv2d_prepare_weights(w, (24, 9, 11))
+    with pytest.raises(ValueError, match="input channels"):
+        F.conv2d_prepare_weights(w, (1, 25, 9, 11))
+
+
+def small_net(rng):
+    net = nn.Sequential(nn.Conv2d(8, 24, 3, padding=1, rng=rng), nn.BatchNorm2d(24), nn.ReLU(),
+                        nn.Conv2d(24, 32, 3, padding=1, rng=rng), nn.ReLU(), nn.Conv2d(32, 8, 1, rng=rng))
+    for _, m in net.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.buffers["running_mean"][...] = rng.standard_normal(24)
+            m.buffers["running_var"][...] = rng.uniform(0.5, 2, 24)
+    return net
+
+
+def test_prepare_inference_model(winograd_auto, rng):
+    net = small_net(rng)
+    x = rng.standard_normal((2, 8, 10, 28)).astype(np.float32)
+    with fastconv.no_grad():
+        want = net.eval().forward(x)
+        assert net.prepare_inference() is net and not net.training
+        np.testing.assert_array_equal(net.forward(x), want)
+        conv = [m for _, m in net.named_modules() if isinstance(m, nn.Conv2d)][1]
+        first = conv._prepared[2]
+        assert first is not None
+        np.testing.assert_array_equal(net.forward(x), want)
+        assert conv._prepared[2] is first  # reused, not made again
+        # another width: prepared again for it, still right
+        x2 = rng.standard_normal((1, 8, 10, 12)).astype(np.float32)
+        y2 = net.forward(x2)
+        assert conv._prepared[2] is not first
+    net.release_inference()
+    with fastconv.no_grad():
+        np.testing.assert_array_equal(net.forward(x2), y2)
+
+
+def test_prepare_inference_guards_the_weights(winograd_auto, rng):
+    net = small_net(rng)
+    x = rng.standard_normal((1, 8, 10, 28)).astype(np.float32)
+    conv = [m for _, m in net.named_modules() if isinstance(m, nn.Conv2d)][1]
+    net.prepare_inference()
+    with fastconv.no_grad():
+        before = net.forward(x)
+    with pytest.raises(ValueError, match="read-only"):
+        conv.params["weight"][0] = 0
+    # a new weight array (not an in-place change) is prepared again
+    conv.params["weight"] = conv.params["weight"] * 2
+    with fastconv.no_grad():
+        after = net.forward(x)
+    net.release_inference()
+    assert conv.params["weight"].flags.writeable
+    with fastconv.no_grad():
+        np.testing.assert_array_equal(after, net.forward(x))
+    assert not np.array_equal(after, before)
+    # train() and load_state_dict end it: writable again, the copies dropped
+    net.prepare_inference()
+    with fastconv.no_grad():
+        net.forward(x)
+    state = {k: v.copy() for k, v in net.state_dict().items()}
+    net.train()
+    assert conv.params["weight"].flags.writeable and "_prepared" not in conv.__dict__
+    net.prepare_inference()
+    net.load_state_dict(state)
+    assert conv.params["weight"].flags.writeable and "_prepared" not in conv.__dict__
+    # a bare Conv2d under no_grad uses its prepared weights too
+    conv.prepare_inference()
+    with fastconv.no_grad():
+        y = conv.forward(rng.standard_normal((1, 24, 6, 26)).astype(np.float32))
+    assert conv._prepared[2] is not None and y.shape == (1, 32, 6, 26)
