@@ -282,6 +282,32 @@ def test_max_pool_values_only_same_bits_as_argmax_path(arch, nthreads, dtype, rn
                                       err_msg=f"k={k} s={s} p={p} ceil_mode={ceil_mode}")
 
 
+@pytest.mark.parametrize("shape", [(3, 5, 7, 7), (2, 3, 14, 14), (1, 4, 5, 13), (2, 2, 28, 28), (1, 3, 1, 9),
+                                   (1, 2, 11, 1), (1, 3, 32, 32), (2, 3, 16, 16), (1, 2, 17, 16)])
+def test_max_pool_values_only_small_planes(arch, nthreads, dtype, shape, rng):
+    """Small planes take a flat kernel under AVX-512 (3x3 windows at stride 1 or 2 centred inside the plane; one
+    plane after another, so planes end inside vectors): the reference's values, and the argmax path's bits for
+    ties, signed zeros and NaN payloads."""
+    itype = np.uint32 if dtype == np.float32 else np.uint64
+    x = rng.integers(-1, 2, shape).astype(dtype)
+    x[x == 0] = np.where(rng.random(np.count_nonzero(x == 0)) < 0.5, 0.0, -0.0).astype(dtype)
+    nans = rng.random(x.shape) < 0.05
+    bits = x.view(itype)
+    bits[nans] = np.array([np.nan], dtype).view(itype)[0] | rng.integers(1, 1000, np.count_nonzero(nans)).astype(itype)
+    x[0, -1, :, -1] = -np.inf
+    x[-1, 0, -1, :] = np.inf
+    for k, s, p in [(3, 1, 1), (3, 1, 0), (3, 2, 0), (3, 2, 1)]:
+        for ceil_mode in (False, True):
+            if k > shape[2] + 2 * p or k > shape[3] + 2 * p:
+                continue
+            y_values = F.max_pool2d(x, k, s, p, ceil_mode, indices=False)
+            y, _ = F.max_pool2d(x, k, s, p, ceil_mode)
+            y_ref, _ = ref_max_pool(x, (k, k), (s, s), (p, p), ceil_mode)
+            np.testing.assert_array_equal(y_values, y_ref, err_msg=f"k={k} s={s} p={p} ceil_mode={ceil_mode}")
+            np.testing.assert_array_equal(y_values.view(itype), y.view(itype),
+                                          err_msg=f"k={k} s={s} p={p} ceil_mode={ceil_mode}")
+
+
 def test_max_pool_values_only_threads_split_planes(arch, dtype, rng):
     """An odd number of planes, large enough for the parallel region: each thread takes a contiguous run."""
     x = rng.standard_normal((3, 7, 57, 59)).astype(dtype)

@@ -196,9 +196,87 @@ PT_INLINE void PT_HELPER(planes)(int64_t planes, const T *FC_RESTRICT x, T *FC_R
     }
 }
 
+#ifdef VLOADK
+/* Small planes (arches with lane bit masks: VLOADK(p, k) loads the lanes of bit mask k, -inf in the others, without
+ * touching them; VSTOREK(p, v, k) stores the lanes of k). GoogLeNet's 3x3 pools on 7x7 and 14x14 planes left the
+ * row kernel above with one edge vector per row and its bookkeeping per row (130 ns per 7x7 plane). Here a plane is
+ * one flat run of H W values: S = the 3x3 maximum around every position, clipped to the plane (horizontal pass:
+ * the left and right neighbours, masked off in the first and last column; vertical pass: the rows above and
+ * below, masked off in the first and last row), in the row kernel's order (columns, then rows, each in order), so
+ * ties and NaN resolve alike. A 3x3 window at stride 1 or 2 whose centre (o s - p + 1, both axes) lies inside the
+ * plane is exactly its centre's clipped neighbourhood: y is S sampled at the centres (S itself when s = p = 1). */
+#define PT_SMALL_MAX 1024 /* H W; also W <= 32 (stride 1) or 16 (stride 2) */
+#define PT_SMALL_VECS ((PT_SMALL_MAX + VL - 1) / VL)
+
+static int PT_HELPER(small_fits)(const fc_pool2d_desc *d) {
+    const int64_t s = d->stride_h, p = d->pad_h;
+    if (d->kernel_h != 3 || d->kernel_w != 3 || d->stride_w != s || s > 2 || d->pad_w != p || p > 1) return 0;
+    /* wider rows: the row kernel does well (stride 2 on 27x27 and 28x28 planes: 0.8x here, S being 4x the output) */
+    if (d->in_w > (s == 1 ? 32 : 16) || d->in_h * d->in_w > PT_SMALL_MAX) return 0;
+    return (d->out_h - 1) * s - p + 1 <= d->in_h - 1 && (d->out_w - 1) * s - p + 1 <= d->in_w - 1;
+}
+
+static void PT_HELPER(small_planes)(int64_t planes, const T *FC_RESTRICT x, T *FC_RESTRICT y,
+                                    const fc_pool2d_desc *d) {
+    const int64_t H = d->in_h, W = d->in_w, Ho = d->out_h, Wo = d->out_w, hw = H * W;
+    const int64_t s = d->stride_h, c0 = 1 - d->pad_h, nvec = (hw + VL - 1) / VL;
+    const int direct = s == 1 && c0 == 0; /* y is S */
+    uint32_t in[PT_SMALL_VECS], left[PT_SMALL_VECS], right[PT_SMALL_VECS], up[PT_SMALL_VECS], down[PT_SMALL_VECS];
+    for (int64_t v = 0; v < nvec; v++) {
+        in[v] = left[v] = right[v] = up[v] = down[v] = 0;
+        for (int64_t l = 0; l < VL && v * VL + l < hw; l++) {
+            const int64_t i = v * VL + l, col = i % W, row = i / W;
+            in[v] |= 1u << l;
+            left[v] |= (uint32_t)(col > 0) << l;
+            right[v] |= (uint32_t)(col < W - 1) << l;
+            up[v] |= (uint32_t)(row > 0) << l;
+            down[v] |= (uint32_t)(row < H - 1) << l;
+        }
+    }
+    T hbuf[PT_SMALL_VECS * VL], sbuf[PT_SMALL_VECS * VL + 2 * VL + 2];
+    for (int64_t v = nvec * VL; v < PT_SMALL_VECS * VL + 2 * VL + 2; v++) sbuf[v] = (T)0; /* read past S, unused */
+    for (int64_t pl = 0; pl < planes; pl++) {
+        const T *xp = x + pl * hw;
+        T *yp = y + pl * Ho * Wo;
+        for (int64_t v = 0; v < nvec; v++) {
+            const int64_t e = v * VL;
+            VEC m = VLOADK(PT_ADDR(xp, e - 1), left[v]);
+            m = VMAXN(m, VLOADK(PT_ADDR(xp, e), in[v]));
+            VSTOREU(hbuf + e, VMAXN(m, VLOADK(PT_ADDR(xp, e + 1), right[v])));
+        }
+        T *sp = direct ? yp : sbuf;
+        for (int64_t v = 0; v < nvec; v++) {
+            const int64_t e = v * VL;
+            VEC m = VLOADK(PT_ADDR(hbuf, e - W), up[v]);
+            m = VMAXN(m, VLOADK(hbuf + e, in[v]));
+            m = VMAXN(m, VLOADK(PT_ADDR(hbuf, e + W), down[v]));
+            if (direct)
+                VSTOREK(sp + e, m, in[v]);
+            else
+                VSTOREU(sp + e, m);
+        }
+        if (direct) continue;
+        for (int64_t oy = 0; oy < Ho; oy++) {
+            const T *sr = sbuf + (oy * s + c0) * W + c0;
+            T *yr = yp + oy * Wo;
+            for (int64_t o = 0; o < Wo; o += VL) {
+                VEC m = s == 1 ? VLOADU(sr + o) : VEVEN(VLOADU(sr + 2 * o), VLOADU(sr + 2 * o + VL));
+                PT_HELPER(vstore)(yr, o, Wo, m);
+            }
+        }
+    }
+}
+#endif
+
 void POOL_NAME(int64_t planes, const T *FC_RESTRICT x, T *FC_RESTRICT y, const fc_pool2d_desc *d,
                T *FC_RESTRICT work) {
     const int64_t kw = d->kernel_w, sw = d->stride_w;
+#ifdef VLOADK
+    if (PT_HELPER(small_fits)(d)) {
+        PT_HELPER(small_planes)(planes, x, y, d);
+        return;
+    }
+#endif
     if (kw == 3 && sw == 1)
         PT_HELPER(planes)(planes, x, y, d, work, 3, 1);
     else if (kw == 3 && sw == 2)
@@ -426,3 +504,5 @@ void POOL_ARGMAX_NAME(int64_t planes, const T *FC_RESTRICT x, T *FC_RESTRICT y, 
 #undef PT_HELPER
 #undef PT_CAT
 #undef PT_CAT_
+#undef PT_SMALL_MAX
+#undef PT_SMALL_VECS

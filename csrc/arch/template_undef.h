@@ -28,6 +28,8 @@
 #undef VMASK
 #undef VLOADM
 #undef VSTOREN
+#undef VLOADK
+#undef VSTOREK
 #undef POOL_NAME
 #undef POOL_ARGMAX_NAME
 #undef ITYPE

@@ -90,6 +90,8 @@ static inline void store_wide_n_epi32(int64_t *p, __m512i v, int64_t n) {
 #define VMASK(lo, hi) ((__mmask16)(((1u << (hi)) - 1) & ~((1u << (lo)) - 1)))
 #define VLOADM(xr, e, k) _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), k, PT_ADDR(xr, e))
 #define VSTOREN(p, v, n) _mm512_mask_storeu_ps(p, (__mmask16)((1u << (n)) - 1), v)
+#define VLOADK(p, k) _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), (__mmask16)(k), p)
+#define VSTOREK(p, v, k) _mm512_mask_storeu_ps(p, (__mmask16)(k), v)
 #define POOL_NAME fc_smax_pool_values_avx512
 #define POOL_ARGMAX_NAME fc_smax_pool_argmax_avx512
 #define ITYPE int32_t
@@ -157,6 +159,8 @@ static inline void store_wide_n_epi32(int64_t *p, __m512i v, int64_t n) {
 #define VMASK(lo, hi) ((__mmask8)(((1u << (hi)) - 1) & ~((1u << (lo)) - 1)))
 #define VLOADM(xr, e, k) _mm512_mask_loadu_pd(_mm512_set1_pd(-INFINITY), k, PT_ADDR(xr, e))
 #define VSTOREN(p, v, n) _mm512_mask_storeu_pd(p, (__mmask8)((1u << (n)) - 1), v)
+#define VLOADK(p, k) _mm512_mask_loadu_pd(_mm512_set1_pd(-INFINITY), (__mmask8)(k), p)
+#define VSTOREK(p, v, k) _mm512_mask_storeu_pd(p, (__mmask8)(k), v)
 #define POOL_NAME fc_dmax_pool_values_avx512
 #define POOL_ARGMAX_NAME fc_dmax_pool_argmax_avx512
 #define ITYPE int64_t
