@@ -213,10 +213,13 @@ def conv2d_prepare_weights(weight, x_shape, stride=1, padding=0, dilation=1, gro
 
     Layers on the Winograd path (3x3 stride-1 ones, and strided or 5x5 layers rearranged into them) transform
     their weights on every call: P x F x C/groups values (P = 16 or 36 points), about 10 % of VGG-16's forward at
-    batch 1. This does it once, for the current arch and tile setting and inputs of x_shape's channels and width
-    (the batch does not matter). Returns a 1-D array of weight's dtype (P/9 times the weights' size plus 64
-    bytes), or None when the layer's forward does not run on Winograd (nothing to prepare). The result is only
-    valid for this weight as it is now: prepare again after changing it.
+    batch 1; layers on the GEMM path pack them into the GEMM's panels (on one thread, before the images are shared
+    out). This does it once, for the current arch and tile setting and inputs of x_shape's channels and width
+    (the batch does not matter). Returns a 1-D array of weight's dtype (P/9 times the weights' size on Winograd,
+    about their size on the GEMM path, plus 64 bytes), or None when the layer's forward runs the direct kernels
+    (nothing to prepare). The GEMM path uses it where it runs image after image (outputs of >= 192 pixels); with
+    smaller outputs it batches images and reads the weights as they are. The result is only valid for this weight
+    as it is now: prepare again after changing it.
     """
     x_shape = tuple(int(v) for v in x_shape)
     if len(x_shape) != 4:

@@ -170,10 +170,10 @@ class Module:
 
     def prepare_inference(self):
         """Evaluation mode, with each convolution's weights prepared once for repeated inference, as an
-        inference session does when it loads a model: a layer on the Winograd path transforms its weights at its
-        first forward under ``no_grad()`` and reuses them while the input's channels, width, arch and tile
-        setting stay the same, instead of transforming them on every call (about 10 % of VGG-16's forward at
-        batch 1). Results are identical. The parameters become read-only meanwhile, so nothing changes them
+        inference session does when it loads a model: a layer transforms its weights for Winograd (or packs them
+        for the GEMM) at its first forward under ``no_grad()`` and reuses them while the input's channels, width,
+        arch and tile setting stay the same, instead of on every call (about 10 % of VGG-16's forward at batch
+        1). Results are identical. The parameters become read-only meanwhile, so nothing changes them
         behind the prepared copies (an in-place write raises ValueError); ``train()``, ``release_inference()``,
         ``load_state_dict`` and ``astype`` make them writable again and drop the copies. Memory: up to 4x the
         convolutions' weights. Returns self."""

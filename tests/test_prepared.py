@@ -8,13 +8,18 @@ import fastconv.functional as F
 import fastconv.nn as nn
 from fastconv import _C, testing
 
-# (x shape, weight shape, stride, padding, groups): 3x3 stride-1 layers (one narrow, one wide enough for F(4x4),
-# one with groups) and a strided layer rearranged into a 3x3 stride-1 one (AlexNet conv1's 11x11 stride 4)
+# (x shape, weight shape, stride, padding, groups). Winograd: 3x3 stride-1 layers (one narrow, one wide enough for
+# F(4x4), one with groups) and a strided layer rearranged into a 3x3 stride-1 one (AlexNet conv1's 11x11 stride 4).
+# GEMM path (weights packed into panels), outputs of >= 192 pixels, which run image after image: 1x1 layers (one with
+# groups, one deeper than the GEMM's kc) and a 3x3 stride-2 layer.
 CASES = {
     "3x3": ((2, 24, 9, 11), (40, 24, 3, 3), 1, 1, 1),
     "3x3_wide": ((1, 32, 6, 30), (36, 32, 3, 3), 1, 1, 1),
     "3x3_groups": ((2, 36, 8, 8), (64, 18, 3, 3), 1, 1, 2),
     "11x11_s4": ((2, 3, 31, 35), (40, 3, 11, 11), 4, 0, 1),
+    "1x1": ((2, 40, 16, 13), (36, 40, 1, 1), 1, 0, 1),
+    "1x1_deep_groups": ((3, 1040, 14, 14), (20, 520, 1, 1), 1, 0, 2),
+    "3x3_s2": ((2, 16, 31, 33), (24, 16, 3, 3), 2, 1, 1),
 }
 
 
@@ -60,15 +65,17 @@ def test_prepared_matches_per_call_transform(arch, nthreads, winograd_auto, rng,
                                   plain[:1])
 
 
-def test_prepared_values_are_read(winograd_auto, rng):
-    """Altering the transform (not its header) alters the output: the layer reads the prepared weights."""
-    x, w, b, stride, padding, groups = make(rng, "3x3", np.float64)
-    prepared = F.conv2d_prepare_weights(w, x.shape, stride, padding)
+@pytest.mark.parametrize("case", ["3x3", "11x11_s4", "1x1", "3x3_s2"])
+def test_prepared_values_are_read(arch, nthreads, winograd_auto, rng, case):
+    """Altering the prepared weights (not their header) alters the output: the layer reads them."""
+    x, w, b, stride, padding, groups = make(rng, case, np.float64)
+    prepared = F.conv2d_prepare_weights(w, x.shape, stride, padding, groups=groups)
     header = 64 // prepared.itemsize
     changed = prepared.copy()
     changed[header:] *= 2
-    y = F.conv2d(x, w, None, stride, padding, prepared=changed)
-    np.testing.assert_allclose(y, 2 * F.conv2d(x, w, None, stride, padding), rtol=1e-12, atol=1e-12)
+    y = F.conv2d(x, w, None, stride, padding, groups=groups, prepared=changed)
+    np.testing.assert_allclose(y, 2 * F.conv2d(x, w, None, stride, padding, groups=groups), rtol=1e-12,
+                               atol=1e-12)
 
 
 def test_prepared_for_something_else_is_ignored(winograd_auto, rng):
@@ -93,13 +100,23 @@ def test_prepared_for_something_else_is_ignored(winograd_auto, rng):
     np.testing.assert_array_equal(F.conv2d(x, w, b, stride, padding, prepared=np.zeros(3, np.float32)), plain)
 
 
-def test_nothing_to_prepare_off_winograd(winograd_auto, rng):
-    x = rng.standard_normal((1, 32, 12, 12)).astype(np.float32)
-    assert F.conv2d_prepare_weights(rng.standard_normal((16, 32, 1, 1)).astype(np.float32), x.shape) is None
-    assert F.conv2d_prepare_weights(rng.standard_normal((48, 32, 3, 3)).astype(np.float32), x.shape,
-                                    stride=2, padding=1) is None
-    _C.conv2d_winograd_mode("never")
-    assert F.conv2d_prepare_weights(rng.standard_normal((48, 32, 3, 3)).astype(np.float32), x.shape, 1, 1) is None
+def test_nothing_to_prepare_on_the_direct_path(winograd_auto, rng):
+    """The direct kernels (LeNet's layers) pack their weights per call into their own layout: nothing prepared."""
+    x = rng.standard_normal((2, 6, 14, 14)).astype(np.float32)
+    w = rng.standard_normal((16, 6, 5, 5)).astype(np.float32)
+    assert _C.conv2d_forward_path(x.shape, w.shape, (1, 1), (0, 0), (1, 1), 1, 4) == "direct"
+    assert F.conv2d_prepare_weights(w, x.shape) is None
+
+
+def test_batched_small_outputs_read_the_weights(arch, nthreads, rng):
+    """Outputs below 192 pixels run several images per GEMM on the weights as they are: prepared GEMM panels
+    are ignored there (altered ones change nothing)."""
+    x = rng.standard_normal((4, 24, 7, 7)).astype(np.float64)
+    w = rng.standard_normal((20, 24, 1, 1)).astype(np.float64)
+    prepared = F.conv2d_prepare_weights(w, x.shape)
+    assert prepared is not None
+    prepared[64 // prepared.itemsize:] = np.nan
+    np.testing.assert_array_equal(F.conv2d(x, w, prepared=prepared), F.conv2d(x, w))
 
 
 def test_prepared_bad_arguments(rng):
@@ -181,3 +198,22 @@ def test_prepare_inference_guards_the_weights(winograd_auto, rng):
     with fastconv.no_grad():
         y = conv.forward(rng.standard_normal((1, 24, 6, 26)).astype(np.float32))
     assert conv._prepared[2] is not None and y.shape == (1, 32, 6, 26)
+
+
+def test_prepared_on_another_arch_is_ignored(rng):
+    """Every arch packs its own panels (mr, kc): weights prepared under one and used under another are ignored."""
+    archs = fastconv.available_archs()
+    if len(archs) < 2:
+        pytest.skip("one kernel set on this CPU")
+    for case in ("1x1", "3x3"):
+        x, w, b, stride, padding, groups = make(rng, case, np.float64)
+        previous = fastconv.set_arch(archs[0])
+        try:
+            prepared = F.conv2d_prepare_weights(w, x.shape, stride, padding, groups=groups)
+            for arch in archs[1:]:
+                fastconv.set_arch(arch)
+                np.testing.assert_array_equal(
+                    F.conv2d(x, w, b, stride, padding, groups=groups, prepared=prepared),
+                    F.conv2d(x, w, b, stride, padding, groups=groups), err_msg=f"{case}: {archs[0]} -> {arch}")
+        finally:
+            fastconv.set_arch(previous)

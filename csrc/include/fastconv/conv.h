@@ -143,10 +143,12 @@ int fc_dconv2d_forward_fused(const fc_context *ctx, const double *x, double *y, 
                              const double *scale, const double *bias, const double *res, int relu,
                              const fc_conv2d_desc *d);
 
-/* Weights prepared once for many inference forwards of one layer: on the Winograd path (directly, or after a
- * strided or 5x5 layer's rearrangement into a 3x3 stride-1 one) the transformed weights U, with a header saying for
- * which arch (mr), tile, channels, filters, groups and rearrangement they were made. Elements needed for layer d
- * with the current settings (0: its forward is not on Winograd, nothing to prepare; -1: overflow). */
+/* Weights prepared once for many inference forwards of one layer, behind a 64-byte header saying for what they
+ * were made: on the Winograd path (directly, or after a strided or 5x5 layer's rearrangement into a 3x3 stride-1
+ * one) the transformed weights U (arch's mr, tile, channels, filters, groups, rearrangement); on the GEMM path each
+ * group's weights packed into the GEMM's panels (arch's mr and kc, filters, depth, groups), used where the layer
+ * runs image after image. Elements needed for layer d with the current settings (0: its forward runs the direct
+ * kernels, nothing to prepare; -1: overflow). */
 int64_t fc_sconv2d_prepared_weights_elems(const fc_context *ctx, const fc_conv2d_desc *d);
 int64_t fc_dconv2d_prepared_weights_elems(const fc_context *ctx, const fc_conv2d_desc *d);
 /* Writes them; FC_ERR_ARG when elems is not the size above or there is nothing to prepare. */
