@@ -136,3 +136,43 @@ void UKR_NAME(epilogue)(int64_t rows, int64_t cols, T *FC_RESTRICT c, int64_t rs
 #undef UKR_BODY
 #undef UKR_CAT
 #undef UKR_CAT_
+
+/* Few rows of A against two columns of B whose elements are contiguous (x W^T at a small batch: a fully
+ * connected layer at inference): out[2 i + j] = sum_p a[i rs_a + p] b[j cs_b + p] for i < m <= FC_DOT_ROWS,
+ * j < 2. Each vector of B is loaded once for all rows (rows past m repeat row 0, their sums not written), so B
+ * streams from memory at the FMAs' pace instead of being re-read once per row. */
+void UKR_NAME(dot)(int64_t m, int64_t k, const T *FC_RESTRICT a, int64_t rs_a, const T *FC_RESTRICT b,
+                   int64_t cs_b, T *FC_RESTRICT out) {
+    const T *ar[FC_DOT_ROWS];
+    for (int i = 0; i < FC_DOT_ROWS; i++) ar[i] = a + (i < m ? i : 0) * rs_a;
+    const T *b0 = b, *b1 = b + cs_b;
+    VEC acc0[FC_DOT_ROWS], acc1[FC_DOT_ROWS];
+#pragma GCC unroll 8
+    for (int i = 0; i < FC_DOT_ROWS; i++) acc0[i] = acc1[i] = VZERO();
+    int64_t p = 0;
+    for (; p + VL <= k; p += VL) {
+        const VEC x0 = VLOADU(b0 + p), x1 = VLOADU(b1 + p);
+#pragma GCC unroll 8
+        for (int i = 0; i < FC_DOT_ROWS; i++) {
+            const VEC av = VLOADU(ar[i] + p);
+            acc0[i] = VFMA(av, x0, acc0[i]);
+            acc1[i] = VFMA(av, x1, acc1[i]);
+        }
+    }
+    T lanes[2][VL];
+    for (int64_t i = 0; i < m; i++) {
+        VSTOREU(lanes[0], acc0[i]);
+        VSTOREU(lanes[1], acc1[i]);
+        T s0 = 0, s1 = 0;
+        for (int l = 0; l < VL; l++) {
+            s0 += lanes[0][l];
+            s1 += lanes[1][l];
+        }
+        for (int64_t q = p; q < k; q++) {
+            s0 += ar[i][q] * b0[q];
+            s1 += ar[i][q] * b1[q];
+        }
+        out[2 * i] = s0;
+        out[2 * i + 1] = s1;
+    }
+}

@@ -78,6 +78,14 @@ typedef void (*fc_dmax_pool_argmax_ukr)(int64_t planes, const double *FC_RESTRIC
                                         int64_t *FC_RESTRICT argmax, const struct fc_pool2d_desc *d,
                                         double *FC_RESTRICT work);
 
+/* Few rows of A (at most FC_DOT_ROWS) against two contiguous columns of B (arch/ukernel_template.h): the
+ * small-M GEMM of gemm.c. */
+#define FC_DOT_ROWS 8
+typedef void (*fc_sgemm_dot_ukr)(int64_t m, int64_t k, const float *FC_RESTRICT a, int64_t rs_a,
+                                 const float *FC_RESTRICT b, int64_t cs_b, float *FC_RESTRICT out);
+typedef void (*fc_dgemm_dot_ukr)(int64_t m, int64_t k, const double *FC_RESTRICT a, int64_t rs_a,
+                                 const double *FC_RESTRICT b, int64_t cs_b, double *FC_RESTRICT out);
+
 /* fc_Xtranspose (gemm.h) at the ISA's vector width. */
 typedef void (*fc_stranspose_ukr)(const float *FC_RESTRICT src, int64_t rows, int64_t cols, int64_t lds,
                                   float *FC_RESTRICT dst, int64_t ldd);
@@ -106,6 +114,7 @@ typedef struct fc_sgemm_kernel {
     fc_swino_weights_ukr winograd4_weights;
     fc_swino_output_ukr winograd4_output;
     fc_swino_grad_ukr winograd4_grad;
+    fc_sgemm_dot_ukr dot;
 } fc_sgemm_kernel;
 
 typedef struct fc_dgemm_kernel {
@@ -128,6 +137,7 @@ typedef struct fc_dgemm_kernel {
     fc_dwino_weights_ukr winograd4_weights;
     fc_dwino_output_ukr winograd4_output;
     fc_dwino_grad_ukr winograd4_grad;
+    fc_dgemm_dot_ukr dot;
 } fc_dgemm_kernel;
 
 typedef struct fc_arch {
