@@ -15,7 +15,7 @@
 #define FC_GEMM_L1_B_BYTES ((int64_t)24 * 1024)
 /* Up to this many rows of A, a B with contiguous columns and at least FC_GEMM_SMALL_M_MIN_B elements (where
  * transposing it into panels costs more than it saves) goes to dot products instead (gemm_small_m). */
-#define FC_GEMM_SMALL_M FC_DOT_ROWS
+#define FC_GEMM_SMALL_M 8
 #define FC_GEMM_SMALL_M_MIN_B ((int64_t)1 << 20)
 
 #define T float

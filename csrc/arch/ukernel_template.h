@@ -137,42 +137,39 @@ void UKR_NAME(epilogue)(int64_t rows, int64_t cols, T *FC_RESTRICT c, int64_t rs
 #undef UKR_CAT
 #undef UKR_CAT_
 
-/* Few rows of A against two columns of B whose elements are contiguous (x W^T at a small batch: a fully
- * connected layer at inference): out[2 i + j] = sum_p a[i rs_a + p] b[j cs_b + p] for i < m <= FC_DOT_ROWS,
- * j < 2. Each vector of B is loaded once for all rows (rows past m repeat row 0, their sums not written), so B
- * streams from memory at the FMAs' pace instead of being re-read once per row. */
+/* Few rows of A against four columns of B whose elements are contiguous (x W^T at a small batch: a fully
+ * connected layer at inference): out[4 i + j] = sum_p a[i rs_a + p] b[j cs_b + p] for i < m <= FC_DOT_ROWS,
+ * j < FC_DOT_COLS. Each vector of B is loaded once for all the rows (rows past m repeat row 0, their sums not
+ * written); four columns stream at once, for the memory parallelism a single stream lacks. */
 void UKR_NAME(dot)(int64_t m, int64_t k, const T *FC_RESTRICT a, int64_t rs_a, const T *FC_RESTRICT b,
                    int64_t cs_b, T *FC_RESTRICT out) {
-    const T *ar[FC_DOT_ROWS];
+    const T *ar[FC_DOT_ROWS], *bc[FC_DOT_COLS];
     for (int i = 0; i < FC_DOT_ROWS; i++) ar[i] = a + (i < m ? i : 0) * rs_a;
-    const T *b0 = b, *b1 = b + cs_b;
-    VEC acc0[FC_DOT_ROWS], acc1[FC_DOT_ROWS];
-#pragma GCC unroll 8
-    for (int i = 0; i < FC_DOT_ROWS; i++) acc0[i] = acc1[i] = VZERO();
+    for (int j = 0; j < FC_DOT_COLS; j++) bc[j] = b + j * cs_b;
+    VEC acc[FC_DOT_ROWS][FC_DOT_COLS];
+#pragma GCC unroll 4
+    for (int i = 0; i < FC_DOT_ROWS; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < FC_DOT_COLS; j++) acc[i][j] = VZERO();
     int64_t p = 0;
     for (; p + VL <= k; p += VL) {
-        const VEC x0 = VLOADU(b0 + p), x1 = VLOADU(b1 + p);
-#pragma GCC unroll 8
+        VEC x[FC_DOT_COLS];
+#pragma GCC unroll 4
+        for (int j = 0; j < FC_DOT_COLS; j++) x[j] = VLOADU(bc[j] + p);
+#pragma GCC unroll 4
         for (int i = 0; i < FC_DOT_ROWS; i++) {
             const VEC av = VLOADU(ar[i] + p);
-            acc0[i] = VFMA(av, x0, acc0[i]);
-            acc1[i] = VFMA(av, x1, acc1[i]);
+#pragma GCC unroll 4
+            for (int j = 0; j < FC_DOT_COLS; j++) acc[i][j] = VFMA(av, x[j], acc[i][j]);
         }
     }
-    T lanes[2][VL];
-    for (int64_t i = 0; i < m; i++) {
-        VSTOREU(lanes[0], acc0[i]);
-        VSTOREU(lanes[1], acc1[i]);
-        T s0 = 0, s1 = 0;
-        for (int l = 0; l < VL; l++) {
-            s0 += lanes[0][l];
-            s1 += lanes[1][l];
+    T lanes[VL];
+    for (int64_t i = 0; i < m; i++)
+        for (int j = 0; j < FC_DOT_COLS; j++) {
+            VSTOREU(lanes, acc[i][j]);
+            T s = 0;
+            for (int l = 0; l < VL; l++) s += lanes[l];
+            for (int64_t q = p; q < k; q++) s += ar[i][q] * bc[j][q];
+            out[FC_DOT_COLS * i + j] = s;
         }
-        for (int64_t q = p; q < k; q++) {
-            s0 += ar[i][q] * b0[q];
-            s1 += ar[i][q] * b1[q];
-        }
-        out[2 * i] = s0;
-        out[2 * i + 1] = s1;
-    }
 }

@@ -78,9 +78,10 @@ typedef void (*fc_dmax_pool_argmax_ukr)(int64_t planes, const double *FC_RESTRIC
                                         int64_t *FC_RESTRICT argmax, const struct fc_pool2d_desc *d,
                                         double *FC_RESTRICT work);
 
-/* Few rows of A (at most FC_DOT_ROWS) against two contiguous columns of B (arch/ukernel_template.h): the
+/* At most FC_DOT_ROWS rows of A against FC_DOT_COLS contiguous columns of B (arch/ukernel_template.h): the
  * small-M GEMM of gemm.c. */
-#define FC_DOT_ROWS 8
+#define FC_DOT_ROWS 4
+#define FC_DOT_COLS 4
 typedef void (*fc_sgemm_dot_ukr)(int64_t m, int64_t k, const float *FC_RESTRICT a, int64_t rs_a,
                                  const float *FC_RESTRICT b, int64_t cs_b, float *FC_RESTRICT out);
 typedef void (*fc_dgemm_dot_ukr)(int64_t m, int64_t k, const double *FC_RESTRICT a, int64_t rs_a,
