@@ -313,6 +313,9 @@ class Conv2d(Module):
         key = (x.shape[1:], x.dtype, _C.current_arch(), _C.conv2d_winograd_mode(), _C.conv2d_winograd_tile())
         cached = self.__dict__.get("_prepared")
         if cached is None or cached[0] is not w or cached[1] != key:
+            if w.flags.writeable:  # a weight array put in after prepare_inference: guarded like the others
+                w.flags.writeable = False
+                self._locked_params.append(w)
             cached = (w, key, F.conv2d_prepare_weights(w, x.shape, self.stride, self.padding, self.dilation,
                                                        self.groups))
             self._prepared = cached

@@ -174,10 +174,12 @@ def test_prepare_inference_guards_the_weights(winograd_auto, rng):
         before = net.forward(x)
     with pytest.raises(ValueError, match="read-only"):
         conv.params["weight"][0] = 0
-    # a new weight array (not an in-place change) is prepared again
+    # a new weight array (not an in-place change) is prepared again, and guarded too
     conv.params["weight"] = conv.params["weight"] * 2
     with fastconv.no_grad():
         after = net.forward(x)
+    with pytest.raises(ValueError, match="read-only"):
+        conv.params["weight"][0] = 0
     net.release_inference()
     assert conv.params["weight"].flags.writeable
     with fastconv.no_grad():
