@@ -137,15 +137,16 @@ void UKR_NAME(epilogue)(int64_t rows, int64_t cols, T *FC_RESTRICT c, int64_t rs
 #undef UKR_CAT
 #undef UKR_CAT_
 
-/* Few rows of A against four columns of B whose elements are contiguous (x W^T at a small batch: a fully
+/* Few rows of A against up to four columns of B whose elements are contiguous (x W^T at a small batch: a fully
  * connected layer at inference): out[4 i + j] = sum_p a[i rs_a + p] b[j cs_b + p] for i < m <= FC_DOT_ROWS,
- * j < FC_DOT_COLS. Each vector of B is loaded once for all the rows (rows past m repeat row 0, their sums not
- * written); four columns stream at once, for the memory parallelism a single stream lacks. */
+ * j < ncols <= FC_DOT_COLS. Each vector of B is loaded once for all the rows (rows past m repeat row 0 and
+ * columns past ncols the last column, their sums not written); four columns stream at once, for the memory
+ * parallelism a single stream lacks. */
 void UKR_NAME(dot)(int64_t m, int64_t k, const T *FC_RESTRICT a, int64_t rs_a, const T *FC_RESTRICT b,
-                   int64_t cs_b, T *FC_RESTRICT out) {
+                   int64_t cs_b, int64_t ncols, T *FC_RESTRICT out) {
     const T *ar[FC_DOT_ROWS], *bc[FC_DOT_COLS];
     for (int i = 0; i < FC_DOT_ROWS; i++) ar[i] = a + (i < m ? i : 0) * rs_a;
-    for (int j = 0; j < FC_DOT_COLS; j++) bc[j] = b + j * cs_b;
+    for (int j = 0; j < FC_DOT_COLS; j++) bc[j] = b + (j < ncols ? j : ncols - 1) * cs_b;
     VEC acc[FC_DOT_ROWS][FC_DOT_COLS];
 #pragma GCC unroll 4
     for (int i = 0; i < FC_DOT_ROWS; i++)
@@ -165,7 +166,7 @@ void UKR_NAME(dot)(int64_t m, int64_t k, const T *FC_RESTRICT a, int64_t rs_a, c
     }
     T lanes[VL];
     for (int64_t i = 0; i < m; i++)
-        for (int j = 0; j < FC_DOT_COLS; j++) {
+        for (int j = 0; j < ncols; j++) {
             VSTOREU(lanes, acc[i][j]);
             T s = 0;
             for (int l = 0; l < VL; l++) s += lanes[l];

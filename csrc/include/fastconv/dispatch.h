@@ -83,9 +83,9 @@ typedef void (*fc_dmax_pool_argmax_ukr)(int64_t planes, const double *FC_RESTRIC
 #define FC_DOT_ROWS 4
 #define FC_DOT_COLS 4
 typedef void (*fc_sgemm_dot_ukr)(int64_t m, int64_t k, const float *FC_RESTRICT a, int64_t rs_a,
-                                 const float *FC_RESTRICT b, int64_t cs_b, float *FC_RESTRICT out);
+                                 const float *FC_RESTRICT b, int64_t cs_b, int64_t ncols, float *FC_RESTRICT out);
 typedef void (*fc_dgemm_dot_ukr)(int64_t m, int64_t k, const double *FC_RESTRICT a, int64_t rs_a,
-                                 const double *FC_RESTRICT b, int64_t cs_b, double *FC_RESTRICT out);
+                                 const double *FC_RESTRICT b, int64_t cs_b, int64_t ncols, double *FC_RESTRICT out);
 
 /* fc_Xtranspose (gemm.h) at the ISA's vector width. */
 typedef void (*fc_stranspose_ukr)(const float *FC_RESTRICT src, int64_t rows, int64_t cols, int64_t lds,
