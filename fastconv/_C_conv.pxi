@@ -41,6 +41,20 @@ cdef extern from "fastconv/conv.h" nogil:
                                     const double *weight, const double *prepared, int64_t elems,
                                     const double *scale, const double *bias, const double *res, int relu,
                                     const fc_conv2d_desc *d)
+    ctypedef struct fc_sconv2d_output:
+        float *y
+        int64_t ldy
+        int64_t f
+    ctypedef struct fc_dconv2d_output:
+        double *y
+        int64_t ldy
+        int64_t f
+    int fc_sconv2d_forward_split(const fc_context *ctx, const float *x, const fc_sconv2d_output *outs, int nout,
+                                 const float *weight, const float *prepared, int64_t elems, const float *scale,
+                                 const float *bias, int relu, const fc_conv2d_desc *d)
+    int fc_dconv2d_forward_split(const fc_context *ctx, const double *x, const fc_dconv2d_output *outs, int nout,
+                                 const double *weight, const double *prepared, int64_t elems, const double *scale,
+                                 const double *bias, int relu, const fc_conv2d_desc *d)
     int fc_sconv2d_backward_input(const fc_context *ctx, const float *dy, float *dx, const float *weight,
                                   const fc_conv2d_desc *d)
     int fc_dconv2d_backward_input(const fc_context *ctx, const double *dy, double *dx, const double *weight,
@@ -219,6 +233,77 @@ def conv2d_prepare_weights(const real[:, :, :, ::1] weight, tuple x_shape, tuple
     return prepared
 
 
+cdef int64_t _image_stride(const Py_ssize_t *shape, const Py_ssize_t *strides, Py_ssize_t item) except -1:
+    """The distance in elements between an output's images (0: dense or one image); ValueError unless each image is
+    one contiguous block (a C-order array or a channel slice of one), at increasing addresses."""
+    if shape[0] > 0 and shape[1] > 0 and shape[2] > 0 and shape[3] > 0:
+        if ((shape[3] > 1 and strides[3] != item) or (shape[2] > 1 and strides[2] != shape[3] * item)
+                or (shape[1] > 1 and strides[1] != shape[2] * shape[3] * item)
+                or (shape[0] > 1 and (strides[0] % item != 0 or strides[0] < shape[1] * shape[2] * shape[3] * item))):
+            raise ValueError("each image of the output must be a contiguous block (a channel slice of a C-order "
+                             "array), with images at increasing addresses")
+        if shape[0] > 1:
+            return strides[0] // item
+    return 0
+
+
+def conv2d_forward_split(const real[:, :, :, ::1] x, list outs, const real[:, :, :, ::1] weight,
+                         const real[::1] bias, tuple stride, tuple padding, tuple dilation, bint relu=False,
+                         const real[::1] scale=None, const real[::1] prepared=None):
+    """conv2d_forward of one layer (groups 1, on the GEMM path) whose filters are split in order over the arrays in
+    outs (at most 4, each of shape (N, f_s, OH, OW) with every image one contiguous block), the input packed once
+    for all of them: several layers reading one input run as one. ValueError when the layer is not on the GEMM
+    path or the channel counts do not add up."""
+    cdef fc_conv2d_desc d = _conv_desc((x.shape[0], x.shape[1], x.shape[2], x.shape[3]),
+                                       (weight.shape[0], weight.shape[1], weight.shape[2], weight.shape[3]), stride,
+                                       padding, dilation, 1)
+    cdef fc_context ctx = fc_context_default()
+    cdef Py_ssize_t item = sizeof(real)
+    cdef fc_sconv2d_output so[4]
+    cdef fc_dconv2d_output do[4]
+    cdef real[:, :, :, :] yv
+    cdef int nout = len(outs), s, err = 0
+    cdef int64_t total = 0
+    if nout < 1 or nout > 4:
+        raise ValueError(f"outs must hold 1 to 4 arrays, got {nout}")
+    if bias is not None and bias.shape[0] != weight.shape[0]:
+        raise ValueError("bias needs one value per output channel")
+    if scale is not None and scale.shape[0] != weight.shape[0]:
+        raise ValueError("scale needs one value per output channel")
+    views = []
+    for s in range(nout):
+        yv = outs[s]
+        if yv.shape[0] != d.n or yv.shape[2] != d.oh or yv.shape[3] != d.ow or yv.shape[1] < 1:
+            raise ValueError(f"outs[{s}] has shape {outs[s].shape}; expected ({d.n}, f, {d.oh}, {d.ow})")
+        views.append(yv)
+        if real is float:
+            so[s].ldy, so[s].f = _image_stride(yv.shape, yv.strides, item), yv.shape[1]
+            so[s].y = &yv[0, 0, 0, 0] if d.n > 0 else NULL
+        else:
+            do[s].ldy, do[s].f = _image_stride(yv.shape, yv.strides, item), yv.shape[1]
+            do[s].y = &yv[0, 0, 0, 0] if d.n > 0 else NULL
+        total += yv.shape[1]
+    if total != d.f:
+        raise ValueError(f"the outputs' channels add up to {total}, the weight has {d.f} filters")
+    if fc_conv2d_forward_path(&ctx, &d, item) != 0:
+        raise ValueError("conv2d_forward_split runs layers on the GEMM path only (conv2d_forward_path: "
+                         f"{_FORWARD_PATHS[fc_conv2d_forward_path(&ctx, &d, item)]!r})")
+    if d.n == 0:
+        return
+    cdef const real *pb = &bias[0] if bias is not None else NULL
+    cdef const real *ps = &scale[0] if scale is not None else NULL
+    cdef const real *pp = &prepared[0] if prepared is not None and prepared.shape[0] > 0 else NULL
+    cdef int64_t elems = prepared.shape[0] if pp != NULL else 0
+    with nogil:
+        if real is float:
+            err = fc_sconv2d_forward_split(&ctx, &x[0, 0, 0, 0], so, nout, &weight[0, 0, 0, 0], pp, elems, ps, pb,
+                                           relu, &d)
+        else:
+            err = fc_dconv2d_forward_split(&ctx, &x[0, 0, 0, 0], do, nout, &weight[0, 0, 0, 0], pp, elems, ps, pb,
+                                           relu, &d)
+    check(err)
+
+
 def conv2d_forward(const real[:, :, :, ::1] x, real[:, :, :, :] y, const real[:, :, :, ::1] weight,
                    const real[::1] bias, tuple stride, tuple padding, tuple dilation, int64_t groups,
                    const real[:, :, :, ::1] residual=None, bint relu=False, const real[::1] scale=None,
@@ -240,16 +325,7 @@ def conv2d_forward(const real[:, :, :, ::1] x, real[:, :, :, :] y, const real[:,
     cdef const real *pr = NULL
     cdef int err = 0
     cdef Py_ssize_t item = sizeof(real)
-    cdef int64_t ldy = 0
-    if y.shape[0] > 0 and y.shape[1] > 0 and y.shape[2] > 0 and y.shape[3] > 0:
-        if ((y.shape[3] > 1 and y.strides[3] != item) or (y.shape[2] > 1 and y.strides[2] != y.shape[3] * item)
-                or (y.shape[1] > 1 and y.strides[1] != y.shape[2] * y.shape[3] * item)
-                or (y.shape[0] > 1 and (y.strides[0] % item != 0
-                                        or y.strides[0] < y.shape[1] * y.shape[2] * y.shape[3] * item))):
-            raise ValueError("each image of the output must be a contiguous block (a channel slice of a C-order "
-                             "array), with images at increasing addresses")
-        if y.shape[0] > 1:
-            ldy = y.strides[0] // item
+    cdef int64_t ldy = _image_stride(y.shape, y.strides, item)
     if residual is not None:
         for i in range(4):
             if residual.shape[i] != y.shape[i]:

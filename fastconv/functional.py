@@ -198,11 +198,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, s
         y = np.empty(out_shape, dtype=x.dtype)
     else:
         y = _conv_out(out, out_shape, x.dtype, residual is not None)
-    if prepared is not None and (not isinstance(prepared, np.ndarray) or prepared.dtype != x.dtype or
-                                 prepared.ndim != 1 or not prepared.flags.c_contiguous):
-        raise TypeError(f"prepared must be conv2d_prepare_weights' 1-D {x.dtype} array, got "
-                        f"{type(prepared).__name__} {getattr(prepared, 'dtype', '')} "
-                        f"{getattr(prepared, 'shape', '')}")
+    _check_prepared(prepared, x.dtype)
     _C.conv2d_forward(np.ascontiguousarray(x), y, np.ascontiguousarray(weight), bias, stride, padding, dilation,
                       groups, residual, bool(relu), scale, prepared)
     return y
@@ -229,6 +225,50 @@ def conv2d_prepare_weights(weight, x_shape, stride=1, padding=0, dilation=1, gro
     _, weight, _, stride, padding, dilation, groups, _ = _conv_args(probe, weight, None, stride, padding, dilation,
                                                                    groups)
     return _C.conv2d_prepare_weights(np.ascontiguousarray(weight), x_shape, stride, padding, dilation, groups)
+
+
+def conv2d_split(x, weight, bias=None, sections=None, stride=1, padding=0, dilation=1, *, scale=None, relu=False,
+                 out=None, prepared=None):
+    """Several convolutions of one input run as one: weight's filters cut in order into ``sections`` (channel counts,
+    at most 4), returning ``[conv2d(x, weight[a:b], bias[a:b], ...) for each section]``, equal bit for bit.
+
+    The GEMM reads all the filters at once, so the input is packed once instead of once per layer, and the few-
+    filter layers (an inception block's 16- and 32-filter reductions) no longer pay the packing alone. For layers
+    on the GEMM path (``fastconv._C.conv2d_forward_path(...) == "gemm"``: 1x1, large filter counts), groups 1;
+    ValueError otherwise. scale, relu, prepared: as conv2d's, for the whole weight (``conv2d_prepare_weights`` of
+    it). out: None or one array per section, each as conv2d's out (every image one contiguous block).
+    """
+    x, weight, bias, stride, padding, dilation, groups, out_shape = _conv_args(
+        x, weight, bias, stride, padding, dilation, 1)
+    if sections is None:
+        raise TypeError("conv2d_split needs sections: the channel count of each output")
+    sections = [int(f) for f in sections]
+    if not 1 <= len(sections) <= 4 or min(sections) < 1 or sum(sections) != out_shape[1]:
+        raise ValueError(f"sections must be 1 to 4 positive channel counts adding up to weight's {out_shape[1]} "
+                         f"filters, got {sections}")
+    if scale is not None:
+        scale = _operand_like(scale, "scale", (out_shape[1],), x.dtype, lambda got: (
+            f"scale must have shape ({out_shape[1]},) for weight {weight.shape}, got {got}"))
+    shapes = [(out_shape[0], f) + out_shape[2:] for f in sections]
+    if out is None:
+        ys = [np.empty(shape, dtype=x.dtype) for shape in shapes]
+    else:
+        if not isinstance(out, (list, tuple)) or len(out) != len(sections):
+            raise TypeError(f"out must be a list of {len(sections)} arrays (one per section), got "
+                            f"{type(out).__name__}")
+        ys = [_conv_out(o, shape, x.dtype, False) for o, shape in zip(out, shapes)]
+    _check_prepared(prepared, x.dtype)
+    _C.conv2d_forward_split(np.ascontiguousarray(x), ys, np.ascontiguousarray(weight), bias, stride, padding,
+                            dilation, bool(relu), scale, prepared)
+    return ys
+
+
+def _check_prepared(prepared, dtype):
+    if prepared is not None and (not isinstance(prepared, np.ndarray) or prepared.dtype != dtype or
+                                 prepared.ndim != 1 or not prepared.flags.c_contiguous):
+        raise TypeError(f"prepared must be conv2d_prepare_weights' 1-D {dtype} array, got "
+                        f"{type(prepared).__name__} {getattr(prepared, 'dtype', '')} "
+                        f"{getattr(prepared, 'shape', '')}")
 
 
 def _operand_like(a, name, shape, dtype, shape_message):

@@ -653,15 +653,16 @@ class Sequential(Module):
         finally:
             _C.array_cache_exit(previous)
 
-    def _forward_fused(self, x, residual=None, relu=False, out=None):
+    def _forward_fused(self, x, residual=None, relu=False, out=None, start=0):
         """Inference (inside no_grad): a Conv2d, the eval-mode BatchNorm2d and the ReLU after it run as one
         convolution (Conv2d.forward_inference), as does a Residual and the ReLU after it; another ReLU applies in
         place when its input is an array made here (not this container's input or a view of it).
 
         `residual` and `relu` (a Residual's shortcut and the ReLU after it) apply to the output, fused into the
         last convolution when this container ends with one. `out` (a slice of a Concat's output): where the result
-        goes, written by the last convolution when it can."""
-        layers, given, i, fresh = list(self.children.values()), x, 0, False
+        goes, written by the last convolution when it can. `start`: the layers before it already ran (a Concat ran
+        them for several branches at once)."""
+        layers, given, i, fresh = list(self.children.values()), x, start, False
         while i < len(layers):
             layer = layers[i]
             if type(layer) is Conv2d and x.ndim == 4:
@@ -777,17 +778,90 @@ class Concat(Module):
             return np.concatenate([b.forward(x) for b in self.children.values()], axis=1)
         shapes = self._branch_shapes(x.shape)
         y = np.empty((shapes[0][0], sum(s[1] for s in shapes)) + tuple(shapes[0][2:]), dtype=x.dtype)
-        self._sizes, c0 = [], 0
-        for b, shape in zip(self.children.values(), shapes):
-            c1 = c0 + shape[1]
-            part = y[:, c0:c1]
-            if type(b) is Sequential:
-                b._forward_fused(x, out=part)
+        parts, c0 = [], 0
+        for shape in shapes:
+            parts.append(y[:, c0:c0 + shape[1]])
+            c0 += shape[1]
+        self._sizes = [shape[1] for shape in shapes]
+        heads = self._pointwise_heads(x) if self.__dict__.get("_inference_prepared", False) else {}
+        if heads:
+            self._forward_heads(x, heads, parts)
+        for k, b in enumerate(self.children.values()):
+            if k in heads:
+                _, _, used, z = heads[k]
+                if z is not parts[k]:
+                    b._forward_fused(z, out=parts[k], start=used)
+            elif type(b) is Sequential:
+                b._forward_fused(x, out=parts[k])
             else:
-                part[...] = b.forward(x)
-            self._sizes.append(c1 - c0)
-            c0 = c1
+                parts[k][...] = b.forward(x)
         return y
+
+    def _pointwise_heads(self, x):
+        """The branches (by index) that open with a 1x1 convolution (stride 1, no padding, one group, x's
+        dtype), maybe an eval-mode batch-norm, and a ReLU: {k: [conv, bn or None, layers used, output]} when there
+        are at least two of them on the GEMM path, else {}."""
+        heads = {}
+        for k, b in enumerate(self.children.values()):
+            layers = list(b.children.values()) if type(b) is Sequential else []
+            conv = layers[0] if layers else None
+            if (type(conv) is not Conv2d or conv.kernel_size != (1, 1) or conv.groups != 1 or
+                    F._int_pair(conv.stride, "stride", 1) != (1, 1) or F._int_pair(conv.padding, "padding", 0) !=
+                    (0, 0) or conv.in_channels != x.shape[1] or conv.params["weight"].dtype != x.dtype):
+                continue
+            j = 1
+            bn = layers[j] if j < len(layers) and type(layers[j]) is BatchNorm2d and not layers[j].training else None
+            j += bn is not None
+            if j < len(layers) and type(layers[j]) is ReLU:
+                heads[k] = [conv, bn, j + 1, None]  # the last: the output, set by _forward_heads
+        if len(heads) < 2 or len(heads) > 4:
+            return {}
+        f = sum(h[0].out_channels for h in heads.values())
+        if _C.conv2d_forward_path(x.shape, (f, x.shape[1], 1, 1), (1, 1), (0, 0), (1, 1), 1,
+                                  x.dtype.itemsize) != "gemm":
+            return {}
+        return heads
+
+    def _forward_heads(self, x, heads, parts):
+        """prepare_inference's inception step: the branches' opening 1x1 convolutions (and batch-norms, ReLUs) as
+        one convolution of all their filters (F.conv2d_split), which packs x once instead of once per branch. A
+        branch that ends there writes its part of the output directly; the others get a new array to go on
+        from (heads[k][3])."""
+        convs = [h[0] for h in heads.values()]
+        weights = [c.params["weight"] for c in convs]
+        key = (x.shape[1:], x.dtype, _C.current_arch())
+        cached = self.__dict__.get("_prepared")
+        if cached is None or len(cached[0]) != len(weights) or any(a is not b for a, b in zip(cached[0], weights)) \
+                or cached[1] != key:
+            for w in weights:  # arrays put in after prepare_inference: guarded like the others
+                if w.flags.writeable:
+                    w.flags.writeable = False
+                    self._locked_params.append(w)
+            w_all = np.concatenate(weights)
+            cached = (weights, key, w_all, F.conv2d_prepare_weights(w_all, x.shape))
+            self._prepared = cached
+        scales, biases = [], []
+        for conv, bn, _, _ in heads.values():
+            b = conv.params.get("bias")
+            if bn is None:
+                scales.append(np.ones(conv.out_channels, x.dtype))
+                biases.append(np.zeros(conv.out_channels, x.dtype) if b is None else b)
+            else:  # as Conv2d.forward_inference folds it
+                scale = bn.params["weight"] / np.sqrt(bn.buffers["running_var"] + bn.eps)
+                shift = (0 if b is None else b) - bn.buffers["running_mean"]
+                biases.append((shift * scale + bn.params["bias"]).astype(x.dtype, copy=False))
+                scales.append(scale.astype(x.dtype, copy=False))
+        any_bn = any(h[1] is not None for h in heads.values())
+        outs = []
+        branches = list(self.children.values())
+        for k, h in heads.items():
+            conv, _, used, _ = h
+            h[3] = parts[k] if used == len(branches[k]) else np.empty(conv.output_shape(x.shape), dtype=x.dtype)
+            outs.append(h[3])
+            conv._x, conv._no_grad_forward = None, True
+            _keep_for_backward(branches[k][used - 1], _x=None)
+        F.conv2d_split(x, cached[2], np.concatenate(biases), [c.out_channels for c in convs],
+                       scale=np.concatenate(scales) if any_bn else None, relu=True, out=outs, prepared=cached[3])
 
     def backward(self, dy):
         dx = None

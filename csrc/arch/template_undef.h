@@ -12,6 +12,7 @@
 #undef VSTOREU
 #undef VSET1
 #undef VFMA
+#undef SFMA
 #undef VMUL
 #undef VADD
 #undef VRELU

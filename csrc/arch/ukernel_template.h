@@ -108,7 +108,7 @@ void UKR_NAME(epilogue)(int64_t rows, int64_t cols, T *FC_RESTRICT c, int64_t rs
             const T s = scale[i];
             const T *FC_RESTRICT ai = add ? add + i * rs_add : NULL;
             for (int64_t j = 0; j < cols; j++) {
-                T v = ci[j] * s + b;
+                T v = SFMA(ci[j], s, b); /* rounded as the micro-kernel's fused epilogue does */
                 if (ai) v += ai[j];
                 ci[j] = relu && v < (T)0 ? (T)0 : v;
             }

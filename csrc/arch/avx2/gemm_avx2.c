@@ -90,6 +90,7 @@ static inline __m256d load_masked_pd(const double *p, __m256i k) {
 #define VSTOREU(p, x) _mm256_storeu_ps(p, x)
 #define VSET1(s) _mm256_set1_ps(s)
 #define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define SFMA(a, b, c) fmaf(a, b, c) /* the epilogue's scalar twin of VFMA: the same rounding */
 #define VMUL(a, b) _mm256_mul_ps(a, b)
 #define VADD(a, b) _mm256_add_ps(a, b)
 #define VRELU(x) _mm256_max_ps(_mm256_setzero_ps(), x) /* NaN in x is returned: kept */
@@ -144,6 +145,7 @@ static inline __m256d load_masked_pd(const double *p, __m256i k) {
 #define VSTOREU(p, x) _mm256_storeu_pd(p, x)
 #define VSET1(s) _mm256_set1_pd(s)
 #define VFMA(a, b, c) _mm256_fmadd_pd(a, b, c)
+#define SFMA(a, b, c) fma(a, b, c) /* the epilogue's scalar twin of VFMA: the same rounding */
 #define VMUL(a, b) _mm256_mul_pd(a, b)
 #define VADD(a, b) _mm256_add_pd(a, b)
 #define VRELU(x) _mm256_max_pd(_mm256_setzero_pd(), x)

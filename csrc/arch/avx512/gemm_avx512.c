@@ -44,6 +44,7 @@ static inline void store_wide_n_epi32(int64_t *p, __m512i v, int64_t n) {
 #define VSTOREU(p, x) _mm512_storeu_ps(p, x)
 #define VSET1(s) _mm512_set1_ps(s)
 #define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define SFMA(a, b, c) fmaf(a, b, c) /* the epilogue's scalar twin of VFMA: the same rounding */
 #define VMUL(a, b) _mm512_mul_ps(a, b)
 #define VADD(a, b) _mm512_add_ps(a, b)
 #define VRELU(x) _mm512_max_ps(_mm512_setzero_ps(), x) /* NaN in x is returned: kept */
@@ -121,6 +122,7 @@ static inline void store_wide_n_epi32(int64_t *p, __m512i v, int64_t n) {
 #define VSTOREU(p, x) _mm512_storeu_pd(p, x)
 #define VSET1(s) _mm512_set1_pd(s)
 #define VFMA(a, b, c) _mm512_fmadd_pd(a, b, c)
+#define SFMA(a, b, c) fma(a, b, c) /* the epilogue's scalar twin of VFMA: the same rounding */
 #define VMUL(a, b) _mm512_mul_pd(a, b)
 #define VADD(a, b) _mm512_add_pd(a, b)
 #define VRELU(x) _mm512_max_pd(_mm512_setzero_pd(), x)

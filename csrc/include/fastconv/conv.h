@@ -18,6 +18,7 @@
 #define FASTCONV_CONV_H
 
 #include "fastconv/base.h"
+#include "fastconv/gemm.h"
 
 typedef struct fc_conv2d_desc {
     int64_t n, c, h, w;     /* input */
@@ -164,6 +165,27 @@ int fc_sconv2d_forward_prepared(const fc_context *ctx, const float *x, float *y,
 int fc_dconv2d_forward_prepared(const fc_context *ctx, const double *x, double *y, int64_t ldy,
                                 const double *weight, const double *prepared, int64_t elems, const double *scale,
                                 const double *bias, const double *res, int relu, const fc_conv2d_desc *d);
+/* Several layers that read the same input, run as one: the filters of weight (d->f of them, one group, a layer on
+ * the GEMM path) split in order over nout outputs (at most FC_GEMM_MAX_SPLIT), output s taking outs[s].f of them,
+ * its image i at outs[s].y + i * outs[s].ldy (0: dense). Each output is what fc_Xconv2d_forward_prepared gives for
+ * its filters, scale and bias entries (no residual); the input is packed once for all (an inception block's 1x1
+ * convolutions). FC_ERR_ARG for a layer off the GEMM path, groups, or filter counts that do not add up to d->f. */
+typedef struct fc_sconv2d_output {
+    float *y;
+    int64_t ldy;
+    int64_t f;
+} fc_sconv2d_output;
+typedef struct fc_dconv2d_output {
+    double *y;
+    int64_t ldy;
+    int64_t f;
+} fc_dconv2d_output;
+int fc_sconv2d_forward_split(const fc_context *ctx, const float *x, const fc_sconv2d_output *outs, int nout,
+                             const float *weight, const float *prepared, int64_t elems, const float *scale,
+                             const float *bias, int relu, const fc_conv2d_desc *d);
+int fc_dconv2d_forward_split(const fc_context *ctx, const double *x, const fc_dconv2d_output *outs, int nout,
+                             const double *weight, const double *prepared, int64_t elems, const double *scale,
+                             const double *bias, int relu, const fc_conv2d_desc *d);
 /* The Winograd halves of the above (winograd_impl.inc); step: the rearrangement's (0: none). */
 int64_t fc_swinograd_prepared_elems(const fc_context *ctx, const fc_conv2d_desc *d);
 int64_t fc_dwinograd_prepared_elems(const fc_context *ctx, const fc_conv2d_desc *d);

@@ -70,13 +70,21 @@ int fc_dgemm_b_packed(const fc_context *ctx, int64_t m, int64_t n, int64_t k, do
 /* What the convolution's forward does to C after the product, tile by tile while the tile is still in L1 (so the
  * output is written once instead of once per elementwise pass): C[i][j] = C[i][j] * scale[i] + bias[i] (either
  * may be NULL: 1, 0), then C[i][j] += add[i * rs_add + j] (add may be NULL), then, when relu, max(C, 0) with NaN
- * kept. Row and column indices are those of the whole C given to the call. Requires cs_c == 1. */
+ * kept. Row and column indices are those of the whole C given to the call. Requires cs_c == 1.
+ * With nsplit > 0, C's rows are cut into nsplit blocks that live apart: rows [split_row[s], split_row[s + 1])
+ * (the last to m) go to split_c[s], row i at split_c[s] + (i - split_row[s]) * rs_c, and the c argument is unused.
+ * split_row[0] is 0 and the rows increase; add must be NULL. Several layers reading one input (an inception
+ * block's 1x1 convolutions) so run as one GEMM that packs their shared B once, each writing its own output. */
+#define FC_GEMM_MAX_SPLIT 4
 typedef struct fc_sgemm_epilogue {
     const float *scale;
     const float *bias;
     const float *add;
     int64_t rs_add;
     int relu;
+    int nsplit;
+    int64_t split_row[FC_GEMM_MAX_SPLIT];
+    float *split_c[FC_GEMM_MAX_SPLIT];
 } fc_sgemm_epilogue;
 typedef struct fc_dgemm_epilogue {
     const double *scale;
@@ -84,6 +92,9 @@ typedef struct fc_dgemm_epilogue {
     const double *add;
     int64_t rs_add;
     int relu;
+    int nsplit;
+    int64_t split_row[FC_GEMM_MAX_SPLIT];
+    double *split_c[FC_GEMM_MAX_SPLIT];
 } fc_dgemm_epilogue;
 
 /* fc_Xgemm_b_packed with an epilogue (NULL for none); FC_ERR_ARG when one is given and cs_c != 1. */
