@@ -168,6 +168,9 @@ MODE_CASES = {
     # not pointwise though 1x1: stride 2, padding 1
     "one_by_one_strided": ((3, 4, 11, 11), (5, 4, 1, 1), dict(stride=2)),
     "one_by_one_padded": ((3, 4, 11, 11), (5, 4, 1, 1), dict(padding=1)),
+    # strided 1x1 with >= 192 output pixels: image after image, the input sampled at the stride first
+    "one_by_one_strided_large": ((2, 6, 40, 41), (5, 6, 1, 1), dict(stride=2)),
+    "one_by_one_strided_large_groups": ((1, 6, 45, 41), (4, 3, 1, 1), dict(stride=(2, 3), groups=2)),
     # deep kernels: the input gradient's tile has fewer columns than the GEMM. kdim = 64*49 = 3136 gives 334-column
     # tiles (oh*ow = 2116 in large mode; 3*144 batched, tiles crossing image boundaries); kdim = 16*49 = 784
     # gives 1337 (two tiles per image, batch-parallel with 2 threads)
@@ -808,6 +811,7 @@ FUSED_CASES = {
     # deeper than every kernel set's kc (256 or 384): the tile's last depth block adds to C, then the epilogue
     "gemm_pointwise_deep": ((2, 400, 24, 24), (20, 400, 1, 1), dict(), "gemm"),
     "gemm_batched_small": ((9, 5, 9, 9), (20, 5, 3, 2), dict(stride=(2, 1), padding=(1, 0)), "gemm"),
+    "gemm_pointwise_strided": ((2, 8, 40, 40), (20, 8, 1, 1), dict(stride=2), "gemm"),
     "direct": ((4, 6, 14, 14), (16, 6, 5, 5), dict(), "direct"),
     "direct_strided": ((2, 3, 30, 37), (20, 3, 7, 7), dict(stride=2, padding=3), "direct"),
     "direct_strided_n1": ((1, 3, 30, 37), (20, 3, 7, 7), dict(stride=2, padding=3), "direct"),
