@@ -35,6 +35,8 @@ import math
 
 import numpy as np
 
+from . import _C
+
 __all__ = ["SGD", "Adam", "StepLR", "MultiStepLR", "ReduceLROnPlateau"]
 
 
@@ -276,6 +278,18 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum needs momentum > 0 and dampening == 0")
 
     def _update(self, p, g, state, lr, weight_decay):
+        v = state.get("momentum_buffer")
+        flat = [a for a in (p, g, v) if a is not None]
+        if p.dtype in (np.float32, np.float64) and all(a.dtype == p.dtype and a.flags.c_contiguous for a in flat) \
+                and p.flags.writeable:
+            # the same steps in one pass over memory (optim.h): the fully connected layers' weights are hundreds of
+            # MB, and each NumPy expression below reads or writes them once more
+            first = bool(self.momentum) and v is None
+            if first:
+                v = state["momentum_buffer"] = np.empty_like(p)
+            _C.sgd_update(p.reshape(-1), g.reshape(-1), v.reshape(-1) if self.momentum else None, lr,
+                          self.momentum, self.dampening, weight_decay, self.nesterov, first)
+            return
         d = self._decayed(p, g, weight_decay)
         if self.momentum:
             v = state.get("momentum_buffer")

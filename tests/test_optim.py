@@ -400,3 +400,38 @@ def test_plateau_state_dict_resumes():
     sched2 = optim.ReduceLROnPlateau(opt2, patience=2, cooldown=1, threshold=0.005).load_state_dict(saved)
     assert [sched2.step(a) for a in ACCURACY[6:]] == rest
     assert math.isclose(rest[-1], 0.01)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kwargs", [dict(lr=0.1), dict(lr=0.05, weight_decay=0.01),
+                                    dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=0.02),
+                                    dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.1)])
+def test_sgd_one_pass_update_equals_numpy_expressions(nthreads, dtype, kwargs):
+    """Contiguous parameters take the one-pass C update (optim.h); strided ones the NumPy expressions. Both give
+    the same bits, including a parameter large enough to be split over the threads."""
+    rng = np.random.default_rng(3)
+    shapes = [(30, 7), (5,), ((1 << 18) + 7,)]
+    dense = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    wide = [np.zeros(s[:-1] + (2 * s[-1],), dtype) for s in shapes]
+    strided = [w[..., ::2] for w in wide]
+    for s, d in zip(strided, dense):
+        s[...] = d
+    assert not any(s.flags.c_contiguous for s in strided)
+    grads = [np.zeros_like(d) for d in dense]
+    fast = optim.SGD([(f"p{i}", d, g) for i, (d, g) in enumerate(zip(dense, grads))], **kwargs)
+    plain = optim.SGD([(f"p{i}", s, g) for i, (s, g) in enumerate(zip(strided, grads))], **kwargs)
+    for _ in range(3):
+        for g in grads:
+            g[...] = rng.standard_normal(g.shape)
+        before = [g.copy() for g in grads]
+        fast.step()
+        plain.step()
+        for g, b in zip(grads, before):
+            np.testing.assert_array_equal(g, b)  # the gradient is only read
+    for d, s in zip(dense, strided):
+        assert d.dtype == dtype
+        np.testing.assert_array_equal(d, s)
+    if kwargs.get("momentum"):
+        for i in range(len(shapes)):
+            np.testing.assert_array_equal(fast.state[f"p{i}"]["momentum_buffer"],
+                                          plain.state[f"p{i}"]["momentum_buffer"])
