@@ -165,10 +165,11 @@ static int fc_conv2d_use_direct(const fc_conv2d_desc *d, int vl, int64_t elem_si
     if ((d->sh != 1 || d->sw != 1) && (d->c / d->groups > FC_STRIDED_DIRECT_MAX_CHANNELS || d->kh * d->kw < 9))
         return 0;
     if (d->kh == 1 && d->kw == 1) return 0; /* 1x1: the GEMM path reads the image as is, nothing to gain */
-    /* Too many dropped wide-grid columns (LeNet's C5 keeps 1 pixel of 16), unless the batch fills one image per
-     * lane. Below 65 % the GEMM path wins: GoogLeNet's 5x5 layers at 7x7 (61 %), batch 8, forward / backward 1.15-1.23x
-     * / 1.19-1.24x on 1 thread, 1.34-1.44x / 1.76-1.79x on 2; at batch 16 the lanes layout runs them 1.35x faster
-     * than the GEMM. LeNet's C3 (69 %) stays direct (3.5x). */
+    if (2 * d->oh * d->ow < g.qv) return 0;  /* mostly dropped wide-grid columns (LeNet's C5: 1 pixel of 16) */
+    /* Below 65 % of the columns kept the GEMM path wins unless the batch fills one image per lane: GoogLeNet's 5x5
+     * layers at 7x7 (61 %), batch 8, forward / backward 1.15-1.23x / 1.19-1.24x on 1 thread, 1.34-1.44x /
+     * 1.76-1.79x on 2; at batch 16 the lanes layout runs them 1.35x faster than the GEMM. LeNet's C3 (69 %) stays
+     * direct (3.5x). */
     if (100 * d->oh * d->ow < 65 * g.qv && !fc_conv2d_direct_lanes(d, vl)) return 0;
     return fg >= 2 && fg <= FC_DIRECT_MAX_FILTERS && d->c / d->groups * g.plane * elem_size <= FC_DIRECT_MAX_IMAGE_BYTES;
 }
