@@ -13,8 +13,9 @@
 /* Largest B micro-panel (kc x nr) for which the tiles of a block run row panel by row panel (gemm_driver.inc):
  * it must stay in L1 (32 KiB on Zen 4, 48 KiB on Sapphire Rapids) next to the A micro-panel. */
 #define FC_GEMM_L1_B_BYTES ((int64_t)24 * 1024)
-/* Up to this many rows of A, a B with contiguous columns and at least FC_GEMM_SMALL_M_MIN_B elements (where
- * transposing it into panels costs more than it saves) goes to dot products instead (gemm_small_m). */
+/* Up to this many rows of A and a B of at least FC_GEMM_SMALL_M_MIN_B elements (where packing it into panels costs
+ * more than it saves): dot products when B's columns are contiguous (gemm_small_m), the rows kernel reading B in
+ * place when its rows are (gemm_small_m_rows). */
 #define FC_GEMM_SMALL_M 8
 #define FC_GEMM_SMALL_M_MIN_B ((int64_t)1 << 20)
 

@@ -171,6 +171,33 @@ def test_few_rows_against_contiguous_columns(arch, nthreads, dtype, rng):
     assert_gemm_result(out, a, w, trans_b=True)
 
 
+def test_few_rows_against_contiguous_rows(arch, nthreads, dtype, rng):
+    """Up to 8 rows of A times a row-major B of at least 2**20 elements (dy @ W, a fully connected layer's input
+    gradient at a small batch) run on the arch's rows kernel, B read in place 32 rows at a time: more rows than
+    the kernel's mr (a second row group), a column tail shorter than a vector (read through a copy, never past B's
+    end), a depth that is not a multiple of 32, A in either order, B a view with a longer row stride; exactly on
+    integers, and within the rounding bound with alpha/beta and NaN in a beta=0 C."""
+    mr, _, _, _, _ = kernel_geometry(arch, dtype)
+    for m in sorted({1, 2, mr, min(mr + 1, 8), 8}):
+        for k, n in ((1037, 1013), (64, 2 ** 14 + 5), (2 ** 11 + 1, 512)):
+            a = integer_matrix(rng, (m, k), dtype)
+            b = integer_matrix(rng, (k, n), dtype)
+            assert_gemm_result(fastconv.gemm(a, b), a, b, exact=True)
+            at = np.asfortranarray(a)
+            assert_gemm_result(fastconv.gemm(at, b), at, b, exact=True)
+    a = normal_matrix(rng, (5, 1100), dtype)
+    wide = normal_matrix(rng, (1100, 1030), dtype)
+    b = wide[:, 3:1003]  # rows 1030 apart
+    c0 = normal_matrix(rng, (5, 1000), dtype)
+    for alpha, beta in ((1.0, 0.0), (-0.5, 1.0), (2.0, -3.0)):
+        out = c0.copy()
+        fastconv.gemm(a, b, alpha=alpha, beta=beta, out=out)
+        assert_gemm_result(out, a, b, c0, alpha=alpha, beta=beta)
+    out = np.full((5, 1000), np.nan, dtype)
+    fastconv.gemm(a, b, out=out)
+    assert_gemm_result(out, a, b)
+
+
 def test_every_partial_tile_width_and_height_exact(arch, nthreads, dtype, rng):
     """Each width 1..NR+1 of the last column panel (narrow kernel variants, zero padding) and each height
     1..MR+1 of the last row panel, with out prefilled with NaN and beta=0 (edge tiles must overwrite)."""

@@ -18,7 +18,7 @@ static inline __attribute__((always_inline)) void UKR_BODY(const int nv, int64_t
                                                            const T *FC_RESTRICT b, T *FC_RESTRICT c, int64_t rs_c,
                                                            T alpha, T beta, const int with_ep, const T *scale,
                                                            const T *bias, const T *FC_RESTRICT add, int64_t rs_add,
-                                                           int relu) {
+                                                           int relu, const int unpacked, int64_t ldb) {
     VEC acc[MR][NV];
 #pragma GCC unroll 16
     for (int r = 0; r < MR; r++)
@@ -27,7 +27,7 @@ static inline __attribute__((always_inline)) void UKR_BODY(const int nv, int64_t
     for (int64_t p = 0; p < k; p++) {
         VEC bv[NV];
 #pragma GCC unroll 4
-        for (int v = 0; v < nv; v++) bv[v] = VLOAD(b + v * VL);
+        for (int v = 0; v < nv; v++) bv[v] = unpacked ? VLOADU(b + v * VL) : VLOAD(b + v * VL);
 #pragma GCC unroll 16
         for (int r = 0; r < MR; r++) {
             VEC ar = VSET1(a[r]);
@@ -35,7 +35,7 @@ static inline __attribute__((always_inline)) void UKR_BODY(const int nv, int64_t
             for (int v = 0; v < nv; v++) acc[r][v] = VFMA(ar, bv[v], acc[r][v]);
         }
         a += MR;
-        b += nv * VL;
+        b += unpacked ? ldb : nv * VL;
     }
 
     if (with_ep) {
@@ -78,12 +78,12 @@ static inline __attribute__((always_inline)) void UKR_BODY(const int nv, int64_t
 #define UKR_DEFINE(v)                                                                                            \
     void UKR_NAME(v)(int64_t k, const T *FC_RESTRICT a, const T *FC_RESTRICT b, T *FC_RESTRICT c, int64_t rs_c, \
                      T alpha, T beta) {                                                                          \
-        UKR_BODY(v, k, a, b, c, rs_c, alpha, beta, 0, NULL, NULL, NULL, 0, 0);                                   \
+        UKR_BODY(v, k, a, b, c, rs_c, alpha, beta, 0, NULL, NULL, NULL, 0, 0, 0, 0);                             \
     }                                                                                                            \
     void UKR_CAT(UKR_NAME(v), _ep)(int64_t k, const T *FC_RESTRICT a, const T *FC_RESTRICT b, T *FC_RESTRICT c,   \
                                    int64_t rs_c, T beta, const T *scale, const T *bias, const T *FC_RESTRICT add, \
                                    int64_t rs_add, int relu) {                                                   \
-        UKR_BODY(v, k, a, b, c, rs_c, (T)1, beta, 1, scale, bias, add, rs_add, relu);                            \
+        UKR_BODY(v, k, a, b, c, rs_c, (T)1, beta, 1, scale, bias, add, rs_add, relu, 0, 0);                      \
     }
 
 UKR_DEFINE(1)
@@ -96,6 +96,26 @@ UKR_DEFINE(3)
 #if NV >= 4
 UKR_DEFINE(4)
 #endif
+
+/* The micro-kernel on a B read in place: nv vectors of each of k rows ldb apart (a row-major B that a few rows of A
+ * multiply: each of its elements is used mr times at most, so packing it would only copy it). C(MR x nv*VL) =
+ * A * B + beta * C, unaligned loads. */
+void UKR_NAME(rows)(int64_t k, const T *FC_RESTRICT a, const T *FC_RESTRICT b, int64_t ldb, int nv, T *FC_RESTRICT c,
+                    int64_t rs_c, T beta) {
+    switch (nv) {
+    case 1: UKR_BODY(1, k, a, b, c, rs_c, (T)1, beta, 0, NULL, NULL, NULL, 0, 0, 1, ldb); break;
+#if NV >= 2
+    case 2: UKR_BODY(2, k, a, b, c, rs_c, (T)1, beta, 0, NULL, NULL, NULL, 0, 0, 1, ldb); break;
+#endif
+#if NV >= 3
+    case 3: UKR_BODY(3, k, a, b, c, rs_c, (T)1, beta, 0, NULL, NULL, NULL, 0, 0, 1, ldb); break;
+#endif
+#if NV >= 4
+    case 4: UKR_BODY(4, k, a, b, c, rs_c, (T)1, beta, 0, NULL, NULL, NULL, 0, 0, 1, ldb); break;
+#endif
+    default: break;
+    }
+}
 
 /* The convolution's epilogue on a tile just written (dispatch.h): plain loops the compiler vectorizes with this
  * file's ISA flags. relu keeps NaN (v < 0 is false for it), as max(x, 0) does in NumPy and PyTorch. */

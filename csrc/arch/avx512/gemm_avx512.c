@@ -198,7 +198,7 @@ const fc_arch fc_arch_avx512 = {
      fc_stranspose_avx512,
      fc_swinograd_input4_avx512, fc_swinograd_weights4_avx512, fc_swinograd_output4_avx512,
      fc_swinograd_grad4_avx512,
-     fc_sgemm_ukr_avx512_dot},
+     fc_sgemm_ukr_avx512_dot, fc_sgemm_ukr_avx512_rows},
     {8, 8, 3, 192, 256, 2048, {0, fc_dgemm_ukr_avx512_1, fc_dgemm_ukr_avx512_2, fc_dgemm_ukr_avx512_3, 0},
      6, 4, 6, 4,
      {0, fc_ddirect_ukr_avx512_1, fc_ddirect_ukr_avx512_2, fc_ddirect_ukr_avx512_3, fc_ddirect_ukr_avx512_4},
@@ -211,5 +211,5 @@ const fc_arch fc_arch_avx512 = {
      fc_dtranspose_avx512,
      fc_dwinograd_input4_avx512, fc_dwinograd_weights4_avx512, fc_dwinograd_output4_avx512,
      fc_dwinograd_grad4_avx512,
-     fc_dgemm_ukr_avx512_dot},
+     fc_dgemm_ukr_avx512_dot, fc_dgemm_ukr_avx512_rows},
 };

@@ -87,6 +87,13 @@ typedef void (*fc_sgemm_dot_ukr)(int64_t m, int64_t k, const float *FC_RESTRICT 
 typedef void (*fc_dgemm_dot_ukr)(int64_t m, int64_t k, const double *FC_RESTRICT a, int64_t rs_a,
                                  const double *FC_RESTRICT b, int64_t cs_b, int64_t ncols, double *FC_RESTRICT out);
 
+/* The micro-kernel reading nv vectors of B in place from rows ldb apart (arch/ukernel_template.h): the small-M
+ * GEMM of gemm.c with a row-major B. */
+typedef void (*fc_sgemm_rows_ukr)(int64_t k, const float *FC_RESTRICT a, const float *FC_RESTRICT b, int64_t ldb,
+                                  int nv, float *FC_RESTRICT c, int64_t rs_c, float beta);
+typedef void (*fc_dgemm_rows_ukr)(int64_t k, const double *FC_RESTRICT a, const double *FC_RESTRICT b, int64_t ldb,
+                                  int nv, double *FC_RESTRICT c, int64_t rs_c, double beta);
+
 /* fc_Xtranspose (gemm.h) at the ISA's vector width. */
 typedef void (*fc_stranspose_ukr)(const float *FC_RESTRICT src, int64_t rows, int64_t cols, int64_t lds,
                                   float *FC_RESTRICT dst, int64_t ldd);
@@ -116,6 +123,7 @@ typedef struct fc_sgemm_kernel {
     fc_swino_output_ukr winograd4_output;
     fc_swino_grad_ukr winograd4_grad;
     fc_sgemm_dot_ukr dot;
+    fc_sgemm_rows_ukr rows;
 } fc_sgemm_kernel;
 
 typedef struct fc_dgemm_kernel {
@@ -139,6 +147,7 @@ typedef struct fc_dgemm_kernel {
     fc_dwino_output_ukr winograd4_output;
     fc_dwino_grad_ukr winograd4_grad;
     fc_dgemm_dot_ukr dot;
+    fc_dgemm_rows_ukr rows;
 } fc_dgemm_kernel;
 
 typedef struct fc_arch {
