@@ -13,6 +13,9 @@
 /* Largest B micro-panel (kc x nr) for which the tiles of a block run row panel by row panel (gemm_driver.inc):
  * it must stay in L1 (32 KiB on Zen 4, 48 KiB on Sapphire Rapids) next to the A micro-panel. */
 #define FC_GEMM_L1_B_BYTES ((int64_t)24 * 1024)
+/* A GEMM at most this deep writing a C larger than this (beyond L2) walks C row panel by row panel. */
+#define FC_GEMM_SHALLOW_K 64
+#define FC_GEMM_COLD_C_BYTES ((int64_t)4 << 20)
 /* Up to this many rows of A and a B of at least FC_GEMM_SMALL_M_MIN_B elements (where packing it into panels costs
  * more than it saves): dot products when B's columns are contiguous (gemm_small_m), the rows kernel reading B in
  * place when its rows are (gemm_small_m_rows). */

@@ -198,6 +198,20 @@ def test_few_rows_against_contiguous_rows(arch, nthreads, dtype, rng):
     assert_gemm_result(out, a, b)
 
 
+def test_shallow_product_into_a_large_c(arch, nthreads, dtype, rng):
+    """A depth of at most 64 into a C beyond L2 (a fully connected layer's weight gradient added to the gradient:
+    dy^T x, beta = 1) walks C row panel by row panel: edge tiles on both sides, accumulation into C, exact on
+    integers."""
+    m, n = 1100, 1030  # C of 4.5 MB in float32: past the 4 MiB threshold
+    for k in (1, 8, 64, 65):  # 65: the usual order again
+        a = integer_matrix(rng, (k, m), dtype)
+        b = integer_matrix(rng, (k, n), dtype)
+        c0 = integer_matrix(rng, (m, n), dtype)
+        out = c0.copy()
+        fastconv.gemm(a, b, out=out, trans_a=True, beta=1.0)
+        assert_gemm_result(out, a, b, c0, trans_a=True, beta=1.0, exact=True)
+
+
 def test_every_partial_tile_width_and_height_exact(arch, nthreads, dtype, rng):
     """Each width 1..NR+1 of the last column panel (narrow kernel variants, zero padding) and each height
     1..MR+1 of the last row panel, with out prefilled with NaN and beta=0 (edge tiles must overwrite)."""
