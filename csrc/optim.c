@@ -2,6 +2,7 @@
  * static chunks for large arrays. The build's -std=c11 keeps a * b + c as two roundings (no contraction into an
  * FMA), as NumPy computes it. */
 #include <stdint.h>
+#include <string.h>
 
 #include "fastconv/optim.h"
 #include "fastconv/threads.h"
@@ -39,4 +40,18 @@ int fc_dsgd_update(const fc_context *ctx, double *p, const double *g, double *v,
                    double momentum, double damp, double weight_decay, int nesterov, int first) {
     if (n < 0) return FC_ERR_ARG;
     FC_SGD_BODY(double);
+}
+
+int fc_zero_fill(const fc_context *ctx, void *p, int64_t bytes) {
+    if (bytes < 0) return FC_ERR_ARG;
+    const int64_t chunk = (int64_t)1 << 20;
+    const int64_t chunks = (bytes + chunk - 1) / chunk;
+    const int t = fc_team_size(ctx, chunks, bytes, (int64_t)1 << 22);
+    (void)t;
+#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
+    for (int64_t i = 0; i < chunks; i++) {
+        const int64_t lo = i * chunk, n = bytes - lo < chunk ? bytes - lo : chunk;
+        memset((char *)p + lo, 0, (size_t)n);
+    }
+    return FC_OK;
 }

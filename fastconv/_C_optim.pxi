@@ -5,6 +5,7 @@ cdef extern from "fastconv/optim.h" nogil:
                        float momentum, float damp, float weight_decay, int nesterov, int first)
     int fc_dsgd_update(const fc_context *ctx, double *p, const double *g, double *v, int64_t n, double lr,
                        double momentum, double damp, double weight_decay, int nesterov, int first)
+    int fc_zero_fill(const fc_context *ctx, void *p, int64_t bytes)
 
 
 def sgd_update(real[::1] p, const real[::1] g, real[::1] v, double lr, double momentum, double dampening,
@@ -27,4 +28,17 @@ def sgd_update(real[::1] p, const real[::1] g, real[::1] v, double lr, double mo
         else:
             err = fc_dsgd_update(&ctx, &p[0], &g[0], pv, n, lr, momentum, 1 - dampening, weight_decay, nesterov,
                                  first)
+    check(err)
+
+
+def zero_fill(a):
+    """a[...] = 0 for a C-contiguous writable NumPy array, memset over the threads."""
+    if not isinstance(a, np.ndarray) or not a.flags.c_contiguous or not a.flags.writeable:
+        raise ValueError("zero_fill needs a writable C-contiguous array")
+    cdef char *p = <char *><size_t>a.ctypes.data
+    cdef int64_t nbytes = a.nbytes
+    cdef fc_context ctx = fc_context_default()
+    cdef int err
+    with nogil:
+        err = fc_zero_fill(&ctx, p, nbytes)
     check(err)

@@ -36,6 +36,7 @@ import math
 import numpy as np
 
 from . import _C
+from .nn import _zero
 
 __all__ = ["SGD", "Adam", "StepLR", "MultiStepLR", "ReduceLROnPlateau"]
 
@@ -172,7 +173,7 @@ class Optimizer:
             self._model.zero_grad()
         else:
             for s in self._slots:
-                s.arrays()[1][...] = 0
+                _zero(s.arrays()[1])
 
     def step(self):
         """Update every trainable parameter with lr_mult > 0 from its current gradient, in place."""

@@ -435,3 +435,20 @@ def test_sgd_one_pass_update_equals_numpy_expressions(nthreads, dtype, kwargs):
         for i in range(len(shapes)):
             np.testing.assert_array_equal(fast.state[f"p{i}"]["momentum_buffer"],
                                           plain.state[f"p{i}"]["momentum_buffer"])
+
+
+def test_zero_grad_fills_large_and_strided_gradients(nthreads):
+    """zero_grad's threaded memset covers every byte of a gradient larger than its 1 MiB chunks (and of a size
+    that is not a multiple of them); strided gradients are zeroed by NumPy; other arrays are untouched."""
+    big = np.full((5 << 20) // 8 + 5, 7.0)  # 5 MiB + 40 bytes of float64: shared by 2 threads
+    wide = np.full((6, 8), 7.0, np.float32)
+    strided = wide[:, ::2]
+    p_big, p_strided = np.ones_like(big), np.ones_like(strided)
+    opt = optim.SGD([("big", p_big, big), ("strided", p_strided, strided)], lr=0.1)
+    opt.zero_grad()
+    assert not big.any() and not strided.any()
+    np.testing.assert_array_equal(wide[:, 1::2], 7.0)
+    assert p_big.all() and p_strided.all()
+    with pytest.raises(ValueError, match="contiguous"):
+        from fastconv import _C
+        _C.zero_fill(strided)
