@@ -807,8 +807,8 @@ class Concat(Module):
 
     def _pointwise_heads(self, x):
         """The branches (by index) that open with a 1x1 convolution (stride 1, no padding, one group, x's
-        dtype), maybe an eval-mode batch-norm, and a ReLU: {k: [conv, bn or None, layers used, output]} when there
-        are at least two of them on the GEMM path, else {}."""
+        dtype), maybe an eval-mode batch-norm, and a ReLU: {k: [conv, bn or None, layers used, output]} for the
+        first four of them when there are at least two and their joint layer is on the GEMM path, else {}."""
         heads = {}
         for k, b in enumerate(self.children.values()):
             layers = list(b.children.values()) if type(b) is Sequential else []
@@ -822,8 +822,9 @@ class Concat(Module):
             j += bn is not None
             if j < len(layers) and type(layers[j]) is ReLU:
                 heads[k] = [conv, bn, j + 1, None]  # the last: the output, set by _forward_heads
-        if len(heads) < 2 or len(heads) > 4:
+        if len(heads) < 2:
             return {}
+        heads = dict(list(heads.items())[:4])  # conv2d_split's most outputs
         f = sum(h[0].out_channels for h in heads.values())
         if _C.conv2d_forward_path(x.shape, (f, x.shape[1], 1, 1), (1, 1), (0, 0), (1, 1), 1,
                                   x.dtype.itemsize) != "gemm":

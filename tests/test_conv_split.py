@@ -166,3 +166,15 @@ def test_googlenet_prepared_matches_eval(rng):
         ref = net.eval().forward(x)
         net.prepare_inference()
         np.testing.assert_array_equal(net.forward(x), ref)
+
+
+def test_more_than_four_heads_fuse_the_first_four(rng, monkeypatch):
+    block = nn.Concat(*[nn.Sequential(nn.Conv2d(6, f, 1, rng=rng), nn.ReLU()) for f in (3, 5, 2, 4, 7)])
+    x = rng.standard_normal((2, 6, 14, 15)).astype(np.float32)
+    with fastconv.no_grad():
+        ref = block.eval().forward(x)
+        calls = []
+        real_split = F.conv2d_split
+        monkeypatch.setattr(F, "conv2d_split", lambda *a, **k: calls.append(k["out"]) or real_split(*a, **k))
+        np.testing.assert_array_equal(block.prepare_inference().forward(x), ref)
+    assert [o.shape[1] for o in calls[0]] == [3, 5, 2, 4]
