@@ -194,6 +194,13 @@ class Module:
                     p.flags.writeable = False
         return self
 
+    def _lock_for_inference(self, w):
+        """A weight array put in after prepare_inference, about to be prepared: read-only like the others until
+        release_inference."""
+        if w.flags.writeable:
+            w.flags.writeable = False
+            self._locked_params.append(w)
+
     def release_inference(self):
         """Undo prepare_inference: drop the prepared weights and make the parameters writable again (the mode
         stays as it is). Returns self."""
@@ -321,9 +328,7 @@ class Conv2d(Module):
         key = (x.shape[1:], x.dtype, _C.current_arch(), _C.conv2d_winograd_mode(), _C.conv2d_winograd_tile())
         cached = self.__dict__.get("_prepared")
         if cached is None or cached[0] is not w or cached[1] != key:
-            if w.flags.writeable:  # a weight array put in after prepare_inference: guarded like the others
-                w.flags.writeable = False
-                self._locked_params.append(w)
+            self._lock_for_inference(w)
             cached = (w, key, F.conv2d_prepare_weights(w, x.shape, self.stride, self.padding, self.dilation,
                                                        self.groups))
             self._prepared = cached
@@ -842,10 +847,8 @@ class Concat(Module):
         cached = self.__dict__.get("_prepared")
         if cached is None or len(cached[0]) != len(weights) or any(a is not b for a, b in zip(cached[0], weights)) \
                 or cached[1] != key:
-            for w in weights:  # arrays put in after prepare_inference: guarded like the others
-                if w.flags.writeable:
-                    w.flags.writeable = False
-                    self._locked_params.append(w)
+            for conv, w in zip(convs, weights):
+                conv._lock_for_inference(w)
             w_all = np.concatenate(weights)
             cached = (weights, key, w_all, F.conv2d_prepare_weights(w_all, x.shape))
             self._prepared = cached
