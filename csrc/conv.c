@@ -15,6 +15,14 @@ static int fc_conv2d_is_pointwise(const fc_conv2d_desc *d) {
     return d->kh == 1 && d->kw == 1 && d->sh == 1 && d->sw == 1 && d->ph == 0 && d->pw == 0;
 }
 
+/* A kernel that covers the whole unpadded input (LeNet's C5: 16 x 5x5 -> 120 at 1x1) makes the layer a fully
+ * connected one: y[n, f] = W[f, :] . x[n, :], each image's input one row of a matrix already. */
+static int fc_conv2d_is_dense(const fc_conv2d_desc *d) {
+    if (fc_conv2d_winograd_mode() == FC_CONV_WINOGRAD_ALWAYS) return 0; /* forced: every 3x3 layer on Winograd */
+    return d->groups == 1 && d->oh == 1 && d->ow == 1 && d->ph == 0 && d->pw == 0 && d->kh == d->h && d->kw == d->w &&
+           (d->kh == 1 || d->dh == 1) && (d->kw == 1 || d->dw == 1);
+}
+
 static int input_grad_method = FC_CONV_DX_AUTO;
 
 int fc_conv2d_set_input_grad_method(int method) {
@@ -234,6 +242,7 @@ int fc_conv2d_rearranged(const fc_conv2d_desc *d, fc_conv2d_desc *d2, int64_t *s
 int fc_conv2d_forward_path(const fc_context *ctx, const fc_conv2d_desc *d, int64_t elem_size) {
     fc_conv2d_desc d2;
     int64_t step;
+    if (fc_conv2d_is_dense(d)) return FC_CONV_PATH_GEMM;
     if (fc_conv2d_use_winograd(d) || fc_conv2d_rearranged(d, &d2, &step)) return FC_CONV_PATH_WINOGRAD;
     int vl = elem_size == (int64_t)sizeof(float) ? ctx->arch->s.vl : ctx->arch->d.vl;
     if (d->n > 0 && fc_conv2d_use_direct(d, vl, elem_size)) return FC_CONV_PATH_DIRECT;

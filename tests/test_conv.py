@@ -184,6 +184,14 @@ MODE_CASES = {
     "flipped_groups_dilation": ((2, 64, 20, 20), (48, 32, 3, 3), dict(padding=2, dilation=2, groups=2)),
     "flipped_large_nonsquare": ((3, 32, 30, 30), (16, 32, 5, 3), dict(padding=(2, 0))),
     "padding_beyond_kernel": ((2, 32, 10, 10), (8, 32, 3, 3), dict(padding=3)),
+    # dense: the kernel covers the whole unpadded input (LeNet's C5), run as a fully connected layer; non-square,
+    # deeper than kc (30 x 4 x 4 = 480), a stride that changes nothing; with groups it is not dense
+    "dense_lenet_c5": ((5, 16, 5, 5), (12, 16, 5, 5), dict()),
+    "dense_nonsquare": ((3, 4, 3, 7), (9, 4, 3, 7), dict()),
+    "dense_deep": ((3, 30, 4, 4), (10, 30, 4, 4), dict()),
+    "dense_strided": ((3, 4, 5, 5), (7, 4, 5, 5), dict(stride=2)),
+    "dense_one_image": ((1, 4, 5, 5), (7, 4, 5, 5), dict()),
+    "whole_input_groups": ((3, 4, 5, 5), (6, 2, 5, 5), dict(groups=2)),
 }
 
 
@@ -782,6 +790,32 @@ def test_need_flags_select_outputs(arch, nthreads):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shapes", [((16, 5, 5), (120, 16, 5, 5)), ((3, 2, 9), (5, 3, 2, 9))], ids=["c5", "flat"])
+def test_dense_layer_does_not_depend_on_the_batch(arch, nthreads, dtype, shapes):
+    """A dense layer (kernel = input, LeNet's C5) gives each image the bits it gets alone, in batches of every
+    size (feature extraction must not depend on how images are batched), forward and weight gradient's rows
+    against the reference, and runs on the GEMM path."""
+    (c, h, w), w_shape = shapes
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((17, c, h, w)).astype(dtype)
+    weight = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype)
+    assert _C.conv2d_forward_path(x.shape, w_shape, (1, 1), (0, 0), (1, 1), 1, x.itemsize) == "gemm"
+    whole = conv2d(x, weight, b, relu=True)
+    ref = conv2d_ref(x.astype(np.float64), weight.astype(np.float64), b.astype(np.float64))
+    bound = conv2d_ref(np.abs(x.astype(np.float64)), np.abs(weight.astype(np.float64)), np.abs(b.astype(np.float64)))
+    assert_within_rounding(whole, np.maximum(ref, 0), bound, c * h * w, dtype, "y")
+    for size in (1, 2, 7, 16):
+        for i0 in range(0, 17 - size + 1, size):
+            np.testing.assert_array_equal(conv2d(x[i0:i0 + size], weight, b, relu=True), whole[i0:i0 + size])
+    assert fastconv.functional.conv2d_prepare_weights(weight, x.shape) is None  # nothing to prepare
+    empty = conv2d(x[:0], weight, b)
+    assert empty.shape == (0, w_shape[0], 1, 1)
+    dx0, dw0, db0 = conv2d_backward(np.zeros(empty.shape, dtype), x[:0], weight)
+    assert dx0.shape == (0, c, h, w) and dw0.shape == weight.shape and not dw0.any() and not db0.any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_zero_size_batch(arch, nthreads, dtype):
     x = np.zeros((0, 4, 7, 6), dtype)
     weight = np.ones((6, 2, 3, 2), dtype)
@@ -820,6 +854,8 @@ FUSED_CASES = {
     "winograd_tile4": ((2, 16, 6, 30), (40, 16, 3, 3), dict(padding=1), "winograd"),
     "rearranged_strided": ((2, 3, 39, 39), (96, 3, 11, 11), dict(stride=4), "winograd"),
     "rearranged_shifts": ((2, 32, 9, 8), (130, 32, 5, 5), dict(padding=2), "winograd"),
+    # dense (kernel = input): the GEMM's epilogue on filters x images, transposed, the shortcut joining after
+    "dense": ((6, 16, 5, 5), (20, 16, 5, 5), dict(), "gemm"),
 }
 
 

@@ -18,6 +18,8 @@ CASES = {
     "deep": ((2, 600, 14, 14), 1, 0, (9, 30)),
     "one_image": ((1, 12, 20, 20), 1, 0, (1, 2)),
     "2x2_many_filters": ((2, 16, 13, 15), 2, 0, (150, 30)),
+    # a kernel covering the whole input: the dense path, each section its own GEMM into its output
+    "dense": ((4, 6, 5, 5), 5, 0, (7, 10, 3)),
 }
 
 
@@ -58,12 +60,12 @@ def test_split_matches_separate_convolutions(arch, nthreads, rng, case, dtype, p
         assert testing.max_relative_error(y, expect) < tol
 
 
-@pytest.mark.parametrize("case", ["inception_3a", "small_output"])
+@pytest.mark.parametrize("case", ["inception_3a", "small_output", "dense"])
 def test_split_writes_channel_slices(arch, rng, case):
     """Outputs given as channel slices of wider arrays (a concatenation) are written in place, nothing around
     them."""
     x, w, b, pad, sections = make(rng, case, np.float32)
-    n, _, h, wd = x.shape
+    n, _, h, wd = F.conv2d(x, w[:1], padding=pad).shape  # the output's planes
     bufs = [np.full((n, f + 5, h, wd), -7.0, np.float32) for f in sections]
     outs = [buf[:, 2:2 + f] for buf, f in zip(bufs, sections)]
     ys = F.conv2d_split(x, w, None, sections, padding=pad, out=outs)
