@@ -20,6 +20,23 @@
 #define WT_CAT(a, b) WT_CAT_(a, b)
 #define WT_INPUT_VEC WT_CAT(WINO_NAME(input), _vector)
 #define WT_OUTPUT_VEC WT_CAT(WINO_NAME(output), _vector)
+#ifndef WT_EPILOGUE
+/* The output's epilogue on one value v (its bias already added): * s + sb rounded once as the GEMM's fused epilogue
+ * (SFMA) when scaled, then the ReLU, which keeps NaN (v < 0 is false for it). */
+#define WT_EPILOGUE(v, s, sb, scaled, relu)                                                                    \
+    do {                                                                                                       \
+        if (scaled) (v) = SFMA((v), (s), (sb));                                                                \
+        if ((relu) && (v) < (T)0) (v) = (T)0;                                                                  \
+    } while (0)
+/* fn specialised for each of the epilogue's four forms, so the vector loops carry no branches */
+#define WT_EPILOGUE_DISPATCH(fn, cnt, m, xi_stride, ep, out, ldo)                                              \
+    do {                                                                                                       \
+        if ((ep)->scaled && (ep)->relu) fn(cnt, m, xi_stride, ep, 1, 1, out, ldo);                             \
+        else if ((ep)->scaled) fn(cnt, m, xi_stride, ep, 1, 0, out, ldo);                                      \
+        else if ((ep)->relu) fn(cnt, m, xi_stride, ep, 0, 1, out, ldo);                                        \
+        else fn(cnt, m, xi_stride, ep, 0, 0, out, ldo);                                                        \
+    } while (0)
+#endif
 #define WT_GRAD_VEC WT_CAT(WINO_NAME(grad), _vector)
 
 /* VL tiles starting at tile k. */
@@ -111,29 +128,37 @@ void WINO_NAME(weights)(int64_t cnt, const T *FC_RESTRICT g, int64_t ldg, T *FC_
 }
 
 /* VL tiles starting at tile k. */
-static inline __attribute__((always_inline)) void WT_OUTPUT_VEC(const T *FC_RESTRICT m, int64_t xi_stride, T b,
-                                                                T *FC_RESTRICT out, int64_t ldo) {
+static inline __attribute__((always_inline)) void WT_OUTPUT_VEC(const T *FC_RESTRICT m, int64_t xi_stride,
+                                                                const fc_wino_epilogue *ep, const int scaled,
+                                                                const int relu, T *FC_RESTRICT out, int64_t ldo) {
+    const T b = ep->b, s = ep->s, sb = ep->sb;
 #pragma GCC ivdep
     for (int k = 0; k < VL; k++) {
-        T r[2][4];
+        T r[2][4], o[4];
         for (int j = 0; j < 4; j++) {
             T t0 = m[j * xi_stride + k], t1 = m[(4 + j) * xi_stride + k];
             T t2 = m[(8 + j) * xi_stride + k], t3 = m[(12 + j) * xi_stride + k];
             r[0][j] = t0 + t1 + t2;
             r[1][j] = t1 - t2 - t3;
         }
-        out[2 * k] = r[0][0] + r[0][1] + r[0][2] + b;
-        out[2 * k + 1] = r[0][1] - r[0][2] - r[0][3] + b;
-        out[ldo + 2 * k] = r[1][0] + r[1][1] + r[1][2] + b;
-        out[ldo + 2 * k + 1] = r[1][1] - r[1][2] - r[1][3] + b;
+        o[0] = r[0][0] + r[0][1] + r[0][2] + b;
+        o[1] = r[0][1] - r[0][2] - r[0][3] + b;
+        o[2] = r[1][0] + r[1][1] + r[1][2] + b;
+        o[3] = r[1][1] - r[1][2] - r[1][3] + b;
+        for (int j = 0; j < 4; j++) WT_EPILOGUE(o[j], s, sb, scaled, relu);
+        out[2 * k] = o[0];
+        out[2 * k + 1] = o[1];
+        out[ldo + 2 * k] = o[2];
+        out[ldo + 2 * k + 1] = o[3];
     }
 }
 
-void WINO_NAME(output)(int64_t cnt, const T *FC_RESTRICT m, int64_t xi_stride, T b, T *FC_RESTRICT out,
-                       int64_t ldo) {
+static inline __attribute__((always_inline)) void WT_CAT(WINO_NAME(output), _run)(
+    int64_t cnt, const T *FC_RESTRICT m, int64_t xi_stride, const fc_wino_epilogue *ep, const int scaled,
+    const int relu, T *FC_RESTRICT out, int64_t ldo) {
     if (cnt < VL) { /* a whole vector (m is readable VL values on), cnt of its tiles kept */
         T tmp[4 * VL] __attribute__((aligned(64)));
-        WT_OUTPUT_VEC(m, xi_stride, b, tmp, 2 * VL);
+        WT_OUTPUT_VEC(m, xi_stride, ep, scaled, relu, tmp, 2 * VL);
         for (int j = 0; j < 2 * VL; j++)
             if (j < 2 * cnt) {
                 out[j] = tmp[j];
@@ -143,8 +168,13 @@ void WINO_NAME(output)(int64_t cnt, const T *FC_RESTRICT m, int64_t xi_stride, T
     }
     for (int64_t k0 = 0; k0 < cnt; k0 += VL) {
         int64_t k = k0 + VL <= cnt ? k0 : cnt - VL;
-        WT_OUTPUT_VEC(m + k, xi_stride, b, out + 2 * k, ldo);
+        WT_OUTPUT_VEC(m + k, xi_stride, ep, scaled, relu, out + 2 * k, ldo);
     }
+}
+
+void WINO_NAME(output)(int64_t cnt, const T *FC_RESTRICT m, int64_t xi_stride, const fc_wino_epilogue *ep,
+                       T *FC_RESTRICT out, int64_t ldo) {
+    WT_EPILOGUE_DISPATCH(WT_CAT(WINO_NAME(output), _run), cnt, m, xi_stride, ep, out, ldo);
 }
 
 /* ---------------------------------------------------------------- F(4x4, 3x3)
@@ -267,8 +297,10 @@ void WINO_NAME(weights4)(int64_t cnt, const T *FC_RESTRICT g, int64_t ldg, T *FC
     } while (0)
 
 /* VL tiles starting at tile k. */
-static inline __attribute__((always_inline)) void WT_OUTPUT4_VEC(const T *FC_RESTRICT m, int64_t xi_stride, T b,
-                                                                 T *FC_RESTRICT out, int64_t ldo) {
+static inline __attribute__((always_inline)) void WT_OUTPUT4_VEC(const T *FC_RESTRICT m, int64_t xi_stride,
+                                                                 const fc_wino_epilogue *ep, const int scaled,
+                                                                 const int relu, T *FC_RESTRICT out, int64_t ldo) {
+    const T b = ep->b, s = ep->s, sb = ep->sb;
 #pragma GCC ivdep
     for (int k = 0; k < VL; k++) {
         T r[4][6], col[6], o[4];
@@ -284,16 +316,21 @@ static inline __attribute__((always_inline)) void WT_OUTPUT4_VEC(const T *FC_RES
         for (int i = 0; i < 4; i++) { /* across: (A^T m) A */
             WT_AT6(o, r[i]);
             #pragma GCC unroll 4
-            for (int j = 0; j < 4; j++) out[i * ldo + 4 * k + j] = o[j] + b;
+            for (int j = 0; j < 4; j++) {
+                T v = o[j] + b;
+                WT_EPILOGUE(v, s, sb, scaled, relu);
+                out[i * ldo + 4 * k + j] = v;
+            }
         }
     }
 }
 
-void WINO_NAME(output4)(int64_t cnt, const T *FC_RESTRICT m, int64_t xi_stride, T b, T *FC_RESTRICT out,
-                        int64_t ldo) {
+static inline __attribute__((always_inline)) void WT_CAT(WINO_NAME(output4), _run)(
+    int64_t cnt, const T *FC_RESTRICT m, int64_t xi_stride, const fc_wino_epilogue *ep, const int scaled,
+    const int relu, T *FC_RESTRICT out, int64_t ldo) {
     if (cnt < VL) { /* a whole vector (m is readable VL values on), cnt of its tiles kept */
         T tmp[16 * VL] __attribute__((aligned(64)));
-        WT_OUTPUT4_VEC(m, xi_stride, b, tmp, 4 * VL);
+        WT_OUTPUT4_VEC(m, xi_stride, ep, scaled, relu, tmp, 4 * VL);
         #pragma GCC unroll 4
         for (int i = 0; i < 4; i++)
             for (int j = 0; j < 4 * VL; j++)
@@ -302,8 +339,13 @@ void WINO_NAME(output4)(int64_t cnt, const T *FC_RESTRICT m, int64_t xi_stride, 
     }
     for (int64_t k0 = 0; k0 < cnt; k0 += VL) {
         int64_t k = k0 + VL <= cnt ? k0 : cnt - VL;
-        WT_OUTPUT4_VEC(m + k, xi_stride, b, out + 4 * k, ldo);
+        WT_OUTPUT4_VEC(m + k, xi_stride, ep, scaled, relu, out + 4 * k, ldo);
     }
+}
+
+void WINO_NAME(output4)(int64_t cnt, const T *FC_RESTRICT m, int64_t xi_stride, const fc_wino_epilogue *ep,
+                        T *FC_RESTRICT out, int64_t ldo) {
+    WT_EPILOGUE_DISPATCH(WT_CAT(WINO_NAME(output4), _run), cnt, m, xi_stride, ep, out, ldo);
 }
 
 /* grad4: rows[0..3] are the four rows of the output gradient under a run of cnt tiles, 4 max(cnt, VL) readable

@@ -50,10 +50,16 @@ typedef void (*fc_swino_weights_ukr)(int64_t cnt, const float *FC_RESTRICT g, in
                                      int64_t xi_stride);
 typedef void (*fc_dwino_weights_ukr)(int64_t cnt, const double *FC_RESTRICT g, int64_t ldg,
                                      double *FC_RESTRICT dst, int64_t xi_stride);
-typedef void (*fc_swino_output_ukr)(int64_t cnt, const float *FC_RESTRICT m, int64_t xi_stride, float b,
-                                    float *FC_RESTRICT out, int64_t ldo);
-typedef void (*fc_dwino_output_ukr)(int64_t cnt, const double *FC_RESTRICT m, int64_t xi_stride, double b,
-                                    double *FC_RESTRICT out, int64_t ldo);
+/* The inverse transform's epilogue: v + b, then (scaled) v * s + sb in one rounding, then (relu) max(v, 0). Values
+ * in double for both element types (each converts exactly to float where float is the type). */
+typedef struct fc_wino_epilogue {
+    double b, s, sb;
+    int scaled, relu;
+} fc_wino_epilogue;
+typedef void (*fc_swino_output_ukr)(int64_t cnt, const float *FC_RESTRICT m, int64_t xi_stride,
+                                    const fc_wino_epilogue *ep, float *FC_RESTRICT out, int64_t ldo);
+typedef void (*fc_dwino_output_ukr)(int64_t cnt, const double *FC_RESTRICT m, int64_t xi_stride,
+                                    const fc_wino_epilogue *ep, double *FC_RESTRICT out, int64_t ldo);
 
 /* The epilogue of a tile of C the micro-kernel wrote (gemm.h's fc_Xgemm_epilogue, rows x cols at c): compiled
  * with the ISA's flags so it runs at vector width. scale, bias and add may be NULL. */
