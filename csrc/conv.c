@@ -19,8 +19,8 @@ static int fc_conv2d_is_pointwise(const fc_conv2d_desc *d) {
  * connected one: y[n, f] = W[f, :] . x[n, :], each image's input one row of a matrix already. */
 static int fc_conv2d_is_dense(const fc_conv2d_desc *d) {
     if (fc_conv2d_winograd_mode() == FC_CONV_WINOGRAD_ALWAYS) return 0; /* forced: every 3x3 layer on Winograd */
-    return d->groups == 1 && d->oh == 1 && d->ow == 1 && d->ph == 0 && d->pw == 0 && d->kh == d->h && d->kw == d->w &&
-           (d->kh == 1 || d->dh == 1) && (d->kw == 1 || d->dw == 1);
+    return d->groups == 1 && d->oh == 1 && d->ow == 1 && d->ph == 0 && d->pw == 0 && d->kh == d->h &&
+           d->kw == d->w && (d->kh == 1 || d->dh == 1) && (d->kw == 1 || d->dw == 1);
 }
 
 static int input_grad_method = FC_CONV_DX_AUTO;

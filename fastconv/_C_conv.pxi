@@ -202,9 +202,9 @@ def conv2d_prepare_weights(const real[:, :, :, ::1] weight, tuple x_shape, tuple
                            tuple dilation, int64_t groups):
     """The weights of a layer prepared for repeated inference forwards (conv2d_forward's `prepared`): a 1-D
     array of weight's dtype holding the Winograd transform for the current arch and tile setting, or the GEMM's
-    packed panels, or None when this layer's forward has nothing to prepare (the direct kernels; a dense layer, whose
-    kernel covers its whole unpadded input, runs as a fully connected one). Only x_shape's
-    channels, height and width matter (the tile depends on the output width)."""
+    packed panels, or None when this layer's forward has nothing to prepare (the direct kernels; a dense layer,
+    whose kernel covers its whole unpadded input, runs as a fully connected one). Only x_shape's channels, height
+    and width matter (the tile depends on the output width)."""
     cdef fc_conv2d_desc d = _conv_desc((max(int(x_shape[0]), 1),) + tuple(x_shape[1:]),
                                        (weight.shape[0], weight.shape[1], weight.shape[2], weight.shape[3]), stride,
                                        padding, dilation, groups)
