@@ -77,6 +77,9 @@ void fc_dtranspose(const double *FC_RESTRICT src, int64_t rows, int64_t cols, in
     fc_arch_current()->d.transpose(src, rows, cols, lds, dst, ldd);
 }
 
+#ifndef FC_PACK_B_AHEAD
+#define FC_PACK_B_AHEAD 16
+#endif
 #define FC_DEFINE_PACK(T, PFX)                                                                                     \
     void fc_##PFX##pack_b_strided(const void *src, int64_t k0, int64_t kc, int64_t j0, int64_t nc, int nr, int vl, \
                                   T *FC_RESTRICT dst) {                                                            \
@@ -89,6 +92,11 @@ void fc_dtranspose(const double *FC_RESTRICT src, int64_t rows, int64_t cols, in
             if (b->cs == 1) {                                                                                      \
                 for (int64_t p = 0; p < kc; p++) {                                                                 \
                     const T *s = base + (k0 + p) * b->rs + (j0 + jp);                                              \
+                    if (p + FC_PACK_B_AHEAD < kc) {                                                                \
+                        const char *f = (const char *)(s + FC_PACK_B_AHEAD * b->rs);                               \
+                        for (int64_t o = 0; o < w * (int64_t)sizeof(T); o += 64) __builtin_prefetch(f + o, 0, 3); \
+                        __builtin_prefetch(f + w * (int64_t)sizeof(T) - 1, 0, 3);                                  \
+                    }                                                                                              \
                     memcpy(d + p * wpad, s, (size_t)w * sizeof(T));                                                \
                     for (int64_t j = w; j < wpad; j++) d[p * wpad + j] = 0;                                        \
                 }                                                                                                  \
