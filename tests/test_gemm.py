@@ -202,7 +202,7 @@ def test_shallow_product_into_a_large_c(arch, nthreads, dtype, rng):
     """A depth of at most 64 into a C beyond L2 (a fully connected layer's weight gradient added to the gradient:
     dy^T x, beta = 1) walks C row panel by row panel: edge tiles on both sides, accumulation into C, exact on
     integers."""
-    m, n = 1100, 1030  # C of 4.5 MB in float32: past the 4 MiB threshold
+    m, n = 560, 530  # C of 1.19 MB in float32: past the 1 MiB threshold
     for k in (1, 8, 64, 65):  # 65: the usual order again
         a = integer_matrix(rng, (k, m), dtype)
         b = integer_matrix(rng, (k, n), dtype)
