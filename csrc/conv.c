@@ -8,6 +8,7 @@
 #include "fastconv/dispatch.h"
 #include "fastconv/gemm.h"
 #include "fastconv/im2col.h"
+#include "fastconv/pool.h"
 #include "fastconv/threads.h"
 
 /* 1x1, stride 1, no padding, no dilation: the image is its own column matrix. */

@@ -2,7 +2,7 @@
 
 cdef extern from "fastconv/conv.h" nogil:
     ctypedef struct fc_conv2d_desc:
-        int64_t n, c, h, w, f, kh, kw, sh, sw, ph, pw, dh, dw, groups, oh, ow
+        int64_t n, c, h, w, f, kh, kw, sh, sw, ph, pw, dh, dw, groups, oh, ow, pool3
     int fc_conv2d_prepare(fc_conv2d_desc *d)
     int fc_conv2d_set_input_grad_method(int method)
     int fc_conv2d_input_grad_method()
@@ -34,6 +34,12 @@ cdef extern from "fastconv/conv.h" nogil:
                                    const fc_conv2d_desc *d)
     int fc_dconv2d_prepare_weights(const fc_context *ctx, const double *weight, double *prepared, int64_t elems,
                                    const fc_conv2d_desc *d)
+    int fc_sconv2d_forward_pooled(const fc_context *ctx, const float *x, float *y, int64_t ldy,
+                                  const float *weight, const float *prepared, int64_t elems, const float *scale,
+                                  const float *bias, const float *res, int relu, const fc_conv2d_desc *d)
+    int fc_dconv2d_forward_pooled(const fc_context *ctx, const double *x, double *y, int64_t ldy,
+                                  const double *weight, const double *prepared, int64_t elems, const double *scale,
+                                  const double *bias, const double *res, int relu, const fc_conv2d_desc *d)
     int fc_sconv2d_forward_prepared(const fc_context *ctx, const float *x, float *y, int64_t ldy,
                                     const float *weight, const float *prepared, int64_t elems, const float *scale,
                                     const float *bias, const float *res, int relu, const fc_conv2d_desc *d)
@@ -75,6 +81,7 @@ cdef fc_conv2d_desc _conv_desc(tuple x_shape, tuple w_shape, tuple stride, tuple
     d.ph, d.pw = padding
     d.dh, d.dw = dilation
     d.groups = groups
+    d.pool3 = 0
     check(fc_conv2d_prepare(&d))
     return d
 
@@ -308,11 +315,12 @@ def conv2d_forward_split(const real[:, :, :, ::1] x, list outs, const real[:, :,
 def conv2d_forward(const real[:, :, :, ::1] x, real[:, :, :, :] y, const real[:, :, :, ::1] weight,
                    const real[::1] bias, tuple stride, tuple padding, tuple dilation, int64_t groups,
                    const real[:, :, :, ::1] residual=None, bint relu=False, const real[::1] scale=None,
-                   const real[::1] prepared=None):
+                   const real[::1] prepared=None, bint pool_input=False):
     """y = conv(x, weight) * scale + bias (+ residual, y's shape; then max(., 0) when relu), y written once.
     Each image of y must be contiguous (y may be a channel slice of a wider array); a residual needs y dense.
     prepared: conv2d_prepare_weights(weight, ...), read instead of transforming weight where it was made for
-    what the layer runs now (arch, tile, shapes); otherwise ignored."""
+    what the layer runs now (arch, tile, shapes); otherwise ignored. pool_input: convolve max_pool2d(x, 3, 1, 1)
+    instead of x, for a layer conv2d_pooled_input_fused says yes to (FastconvError otherwise)."""
     cdef fc_conv2d_desc d = _conv_desc((x.shape[0], x.shape[1], x.shape[2], x.shape[3]),
                                        (weight.shape[0], weight.shape[1], weight.shape[2], weight.shape[3]), stride, padding, dilation,
                                        groups)
@@ -341,12 +349,30 @@ def conv2d_forward(const real[:, :, :, ::1] x, real[:, :, :, :] y, const real[:,
     cdef int64_t elems = prepared.shape[0] if pp != NULL else 0
     with nogil:
         if real is float:
-            err = fc_sconv2d_forward_prepared(&ctx, &x[0, 0, 0, 0], &y[0, 0, 0, 0], ldy, &weight[0, 0, 0, 0], pp,
-                                              elems, ps, pb, pr, relu, &d)
+            if pool_input:
+                err = fc_sconv2d_forward_pooled(&ctx, &x[0, 0, 0, 0], &y[0, 0, 0, 0], ldy, &weight[0, 0, 0, 0], pp,
+                                                elems, ps, pb, pr, relu, &d)
+            else:
+                err = fc_sconv2d_forward_prepared(&ctx, &x[0, 0, 0, 0], &y[0, 0, 0, 0], ldy, &weight[0, 0, 0, 0],
+                                                  pp, elems, ps, pb, pr, relu, &d)
         else:
-            err = fc_dconv2d_forward_prepared(&ctx, &x[0, 0, 0, 0], &y[0, 0, 0, 0], ldy, &weight[0, 0, 0, 0], pp,
-                                              elems, ps, pb, pr, relu, &d)
+            if pool_input:
+                err = fc_dconv2d_forward_pooled(&ctx, &x[0, 0, 0, 0], &y[0, 0, 0, 0], ldy, &weight[0, 0, 0, 0], pp,
+                                                elems, ps, pb, pr, relu, &d)
+            else:
+                err = fc_dconv2d_forward_prepared(&ctx, &x[0, 0, 0, 0], &y[0, 0, 0, 0], ldy, &weight[0, 0, 0, 0],
+                                                  pp, elems, ps, pb, pr, relu, &d)
     check(err)
+
+
+def conv2d_pooled_input_fused(tuple x_shape, tuple w_shape, tuple stride, tuple padding, tuple dilation,
+                              int64_t groups, int64_t itemsize):
+    """Whether conv2d_forward(..., pool_input=True) takes this layer: pointwise (1x1, stride 1, no padding or
+    dilation) on the GEMM path with the current arch, thread count and settings, and not a whole-input layer."""
+    if tuple(w_shape[2:]) != (1, 1) or tuple(stride) != (1, 1) or tuple(padding) != (0, 0) or \
+            tuple(dilation) != (1, 1) or tuple(x_shape[2:]) == (1, 1):
+        return False
+    return conv2d_forward_path(x_shape, w_shape, stride, padding, dilation, groups, itemsize) == "gemm"
 
 
 def conv2d_backward_input(const real[:, :, :, ::1] dy, real[:, :, :, ::1] dx, const real[:, :, :, ::1] weight,

@@ -204,6 +204,38 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, s
     return y
 
 
+def conv2d_pooled(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, scale=None, residual=None,
+                  relu=False, out=None, prepared=None):
+    """``conv2d(max_pool2d(x, 3, stride=1, padding=1, indices=False), weight, ...)``: an inception block's pool
+    branch (a 3x3 stride-1 max pool, then usually a 1x1 convolution) as one call, for inference.
+
+    Arguments as conv2d's (x is the input before pooling; the pool keeps its height and width). A 1x1 layer with
+    stride 1 and no padding on the GEMM path (``fastconv._C.conv2d_pooled_input_fused(...)``) pools each image (or
+    batch of small images) into a per-thread buffer that the GEMM reads while it is still in cache, so the pooled
+    tensor is never written to memory and read back; its workspace is one image's input per thread. Any other
+    layer pools, then convolves. The result equals the two calls' bit for bit either way. There is no backward:
+    train with max_pool2d and conv2d.
+    """
+    args = _conv_args(x, weight, bias, stride, padding, dilation, groups)
+    if not _C.conv2d_pooled_input_fused(args[0].shape, args[1].shape, *args[3:7], args[0].dtype.itemsize):
+        return conv2d(max_pool2d(args[0], 3, 1, 1, indices=False), weight, bias, stride, padding, dilation, groups,
+                      scale=scale, residual=residual, relu=relu, out=out, prepared=prepared)
+    x, weight, bias, stride, padding, dilation, groups, out_shape = args
+    if scale is not None:
+        scale = _operand_like(scale, "scale", (out_shape[1],), x.dtype, lambda got: (
+            f"scale must have shape ({out_shape[1]},) for weight {weight.shape}, got {got}"))
+    if residual is not None:
+        residual = _operand_like(residual, "residual", out_shape, x.dtype, lambda got: (
+            f"residual has shape {got}, expected the output's {out_shape} for x {x.shape} and weight "
+            f"{weight.shape}"))
+    y = np.empty(out_shape, dtype=x.dtype) if out is None else _conv_out(out, out_shape, x.dtype,
+                                                                         residual is not None)
+    _check_prepared(prepared, x.dtype)
+    _C.conv2d_forward(np.ascontiguousarray(x), y, np.ascontiguousarray(weight), bias, stride, padding, dilation,
+                      groups, residual, bool(relu), scale, prepared, True)
+    return y
+
+
 def conv2d_prepare_weights(weight, x_shape, stride=1, padding=0, dilation=1, groups=1):
     """The weights of a convolution prepared once for many inference calls of ``conv2d(..., prepared=...)``.
 

@@ -334,12 +334,13 @@ class Conv2d(Module):
             self._prepared = cached
         return cached[2]
 
-    def forward_inference(self, x, bn=None, residual=None, relu=False, out=None):
+    def forward_inference(self, x, bn=None, residual=None, relu=False, out=None, pool_input=False):
         """Inference: this convolution, then `bn` (a BatchNorm2d in eval mode, or None), + `residual` (None or an
         array of the output's shape), then ReLU when `relu`, as one convolution writing its output once. The
         batch-norm folds into the output: the convolution's channels scaled by s = gamma / sqrt(running_var + eps)
         in the kernel's epilogue (no scaled copy of the weights: ResNet-50's would cost 16 ms per forward), the
-        bias (b - running_mean) s + beta. `out`: where to write (F.conv2d's). Keeps nothing for backward."""
+        bias (b - running_mean) s + beta. `out`: where to write (F.conv2d's). `pool_input`: convolve
+        max_pool2d(x, 3, 1, 1) instead of x (F.conv2d_pooled). Keeps nothing for backward."""
         _check_dtype(x, self)
         self._x = None
         self._no_grad_forward = True
@@ -350,8 +351,9 @@ class Conv2d(Module):
             bias = (shift * scale + bn.params["bias"]).astype(w.dtype, copy=False)
             scale = scale.astype(w.dtype, copy=False)
         prepared = self._prepared_weights(x) if self.__dict__.get("_inference_prepared", False) else None
-        return F.conv2d(x, w, bias, self.stride, self.padding, self.dilation, self.groups, scale=scale,
-                        residual=residual, relu=relu, out=out, prepared=prepared)
+        conv = F.conv2d_pooled if pool_input else F.conv2d
+        return conv(x, w, bias, self.stride, self.padding, self.dilation, self.groups, scale=scale,
+                    residual=residual, relu=relu, out=out, prepared=prepared)
 
     def backward(self, dy):
         _check_kept(self)
@@ -675,10 +677,15 @@ class Sequential(Module):
         last convolution when this container ends with one. `out` (a slice of a Concat's output): where the result
         goes, written by the last convolution when it can. `start`: the layers before it already ran (a Concat ran
         them for several branches at once)."""
-        layers, given, i, fresh = list(self.children.values()), x, start, False
+        layers, given, i, fresh, pooled = list(self.children.values()), x, start, False, False
         while i < len(layers):
             layer = layers[i]
-            if type(layer) is Conv2d and x.ndim == 4:
+            if type(layer) is MaxPool2d and x.ndim == 4 and i + 1 < len(layers) and _pool3_then_pointwise(
+                    layer, layers[i + 1]):
+                # an inception pool branch: the convolution pools its input itself (F.conv2d_pooled)
+                _keep_for_backward(layer, _argmax=None, _shape=None)
+                i, pooled = i + 1, True
+            elif type(layer) is Conv2d and x.ndim == 4:
                 j = i + 1
                 bn = layers[j] if j < len(layers) and type(layers[j]) is BatchNorm2d and not layers[j].training \
                     else None
@@ -692,10 +699,11 @@ class Sequential(Module):
                 if take:
                     Residual._check_shapes(layer.output_shape(x.shape), residual.shape)
                 into = out if j == len(layers) and (residual is None or take) else None
-                x = layer.forward_inference(x, bn, residual if take else None, with_relu or (take and relu), into)
+                x = layer.forward_inference(x, bn, residual if take else None, with_relu or (take and relu), into,
+                                            **({"pool_input": True} if pooled else {}))
                 if take or into is not None:
                     return x
-                i, fresh = j, True
+                i, fresh, pooled = j, True, False
             elif type(layer) is ReLU and fresh and not np.may_share_memory(x, given) and x.flags.writeable:
                 _keep_for_backward(layer, _x=None)
                 x, i = np.maximum(x, 0, out=x), i + 1
@@ -939,6 +947,18 @@ class Residual(Module):
         if dx is None:
             return ds
         return dx if ds is None else dx + ds
+
+
+def _pool3_then_pointwise(pool, conv):
+    """A 3x3 stride-1 max pool with padding 1 (which keeps the size) followed by a 1x1 stride-1 unpadded
+    convolution: what F.conv2d_pooled runs as one."""
+    if type(conv) is not Conv2d or pool.stride is None:
+        return False
+    pair = F._int_pair
+    return (pair(pool.kernel_size, "kernel_size", 1) == (3, 3) and pair(pool.stride, "stride", 1) == (1, 1) and
+            pair(pool.padding, "padding", 0) == (1, 1) and tuple(conv.kernel_size) == (1, 1) and
+            pair(conv.stride, "stride", 1) == (1, 1) and pair(conv.padding, "padding", 0) == (0, 0) and
+            pair(conv.dilation, "dilation", 1) == (1, 1))
 
 
 # Layers whose forward output (inside no_grad) is a new array or a view of their input: an in-place ReLU after

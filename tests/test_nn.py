@@ -475,9 +475,9 @@ def test_no_grad_concat_writes_branches_in_place(rng, dtype, monkeypatch):
     outs = []
     original = nn.Conv2d.forward_inference
 
-    def recording(self, x, bn=None, residual=None, relu=False, out=None):
+    def recording(self, x, bn=None, residual=None, relu=False, out=None, **kw):
         outs.append(out is not None)
-        return original(self, x, bn, residual, relu, out)
+        return original(self, x, bn, residual, relu, out, **kw)
     monkeypatch.setattr(nn.Conv2d, "forward_inference", recording)
     monkeypatch.setattr(np, "concatenate", None)  # must not be needed
     with fastconv.no_grad():

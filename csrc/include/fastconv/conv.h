@@ -29,6 +29,7 @@ typedef struct fc_conv2d_desc {
     int64_t dh, dw;         /* dilation >= 1 */
     int64_t groups;         /* divides c and f */
     int64_t oh, ow;         /* output size, filled in by fc_conv2d_prepare */
+    int64_t pool3;          /* 0; 1 inside fc_Xconv2d_forward_pooled only (x max-pooled 3x3/1/1 first) */
 } fc_conv2d_desc;
 
 /* Elements of the per-thread column tile used by the input gradient (4 MiB of float32). */
@@ -165,6 +166,18 @@ int fc_sconv2d_forward_prepared(const fc_context *ctx, const float *x, float *y,
 int fc_dconv2d_forward_prepared(const fc_context *ctx, const double *x, double *y, int64_t ldy,
                                 const double *weight, const double *prepared, int64_t elems, const double *scale,
                                 const double *bias, const double *res, int relu, const fc_conv2d_desc *d);
+/* fc_Xconv2d_forward_prepared of max_pool2d(x, 3, stride 1, padding 1) for a pointwise layer on the GEMM path (an
+ * inception block's pool branch): each image (or batch of small images) is pooled into a per-thread buffer that
+ * the GEMM then reads while it is in cache, so the pooled tensor is never written out and read back. The values
+ * are those of fc_Xmax_pool2d_forward_values followed by the convolution, bit for bit. FC_ERR_ARG for any other
+ * layer (the caller pools and convolves separately). Workspace: one image's input per thread (a batch of them
+ * for images below 192 output pixels). */
+int fc_sconv2d_forward_pooled(const fc_context *ctx, const float *x, float *y, int64_t ldy, const float *weight,
+                              const float *prepared, int64_t elems, const float *scale, const float *bias,
+                              const float *res, int relu, const fc_conv2d_desc *d);
+int fc_dconv2d_forward_pooled(const fc_context *ctx, const double *x, double *y, int64_t ldy,
+                              const double *weight, const double *prepared, int64_t elems, const double *scale,
+                              const double *bias, const double *res, int relu, const fc_conv2d_desc *d);
 /* Several layers that read the same input, run as one: the filters of weight (d->f of them, one group, a layer on
  * the GEMM path) split in order over nout outputs (at most FC_GEMM_MAX_SPLIT), output s taking outs[s].f of them,
  * its image i at outs[s].y + i * outs[s].ldy (0: dense). Each output is what fc_Xconv2d_forward_prepared gives for
