@@ -185,8 +185,13 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, s
     (``fastconv.testing.conv2d_winograd_bound``): a small multiple of the direct sum's for F(2x2, 3x3), some ten
     times more for F(4x4, 3x3) (about 1e-5 of the largest output in float32).
     """
-    x, weight, bias, stride, padding, dilation, groups, out_shape = _conv_args(
-        x, weight, bias, stride, padding, dilation, groups)
+    args = _conv_args(x, weight, bias, stride, padding, dilation, groups)
+    return _conv2d_forward(args, scale, residual, relu, out, prepared, False)
+
+
+def _conv2d_forward(args, scale, residual, relu, out, prepared, pool_input):
+    """conv2d's (and conv2d_pooled's) checks of the epilogue operands and output, then the kernel."""
+    x, weight, bias, stride, padding, dilation, groups, out_shape = args
     if scale is not None:
         scale = _operand_like(scale, "scale", (out_shape[1],), x.dtype, lambda got: (
             f"scale must have shape ({out_shape[1]},) for weight {weight.shape}, got {got}"))
@@ -200,7 +205,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, s
         y = _conv_out(out, out_shape, x.dtype, residual is not None)
     _check_prepared(prepared, x.dtype)
     _C.conv2d_forward(np.ascontiguousarray(x), y, np.ascontiguousarray(weight), bias, stride, padding, dilation,
-                      groups, residual, bool(relu), scale, prepared)
+                      groups, residual, bool(relu), scale, prepared, pool_input)
     return y
 
 
@@ -220,20 +225,7 @@ def conv2d_pooled(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=
     if not _C.conv2d_pooled_input_fused(args[0].shape, args[1].shape, *args[3:7], args[0].dtype.itemsize):
         return conv2d(max_pool2d(args[0], 3, 1, 1, indices=False), weight, bias, stride, padding, dilation, groups,
                       scale=scale, residual=residual, relu=relu, out=out, prepared=prepared)
-    x, weight, bias, stride, padding, dilation, groups, out_shape = args
-    if scale is not None:
-        scale = _operand_like(scale, "scale", (out_shape[1],), x.dtype, lambda got: (
-            f"scale must have shape ({out_shape[1]},) for weight {weight.shape}, got {got}"))
-    if residual is not None:
-        residual = _operand_like(residual, "residual", out_shape, x.dtype, lambda got: (
-            f"residual has shape {got}, expected the output's {out_shape} for x {x.shape} and weight "
-            f"{weight.shape}"))
-    y = np.empty(out_shape, dtype=x.dtype) if out is None else _conv_out(out, out_shape, x.dtype,
-                                                                         residual is not None)
-    _check_prepared(prepared, x.dtype)
-    _C.conv2d_forward(np.ascontiguousarray(x), y, np.ascontiguousarray(weight), bias, stride, padding, dilation,
-                      groups, residual, bool(relu), scale, prepared, True)
-    return y
+    return _conv2d_forward(args, scale, residual, relu, out, prepared, True)
 
 
 def conv2d_prepare_weights(weight, x_shape, stride=1, padding=0, dilation=1, groups=1):
