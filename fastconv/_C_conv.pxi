@@ -320,7 +320,7 @@ def conv2d_forward(const real[:, :, :, ::1] x, real[:, :, :, :] y, const real[:,
     Each image of y must be contiguous (y may be a channel slice of a wider array); a residual needs y dense.
     prepared: conv2d_prepare_weights(weight, ...), read instead of transforming weight where it was made for
     what the layer runs now (arch, tile, shapes); otherwise ignored. pool_input: convolve max_pool2d(x, 3, 1, 1)
-    instead of x, for a layer conv2d_pooled_input_fused says yes to (FastconvError otherwise)."""
+    instead of x, for a layer conv2d_pooled_input_fused says yes to (ValueError otherwise)."""
     cdef fc_conv2d_desc d = _conv_desc((x.shape[0], x.shape[1], x.shape[2], x.shape[3]),
                                        (weight.shape[0], weight.shape[1], weight.shape[2], weight.shape[3]), stride, padding, dilation,
                                        groups)

@@ -124,3 +124,12 @@ def test_pool_branch_shapes_that_do_not_fuse_run_as_layers(rng, monkeypatch):
         with fastconv.no_grad():
             np.testing.assert_array_equal(model.forward(x), want)
     assert not calls
+
+
+def test_binding_refuses_layers_it_cannot_pool_in_place(rng):
+    """The C entry point takes only pointwise GEMM-path layers; any other gets an error, not a wrong result."""
+    x = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
+    w = rng.standard_normal((3, 4, 3, 3)).astype(np.float32)
+    y = np.empty((2, 3, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="invalid argument"):
+        _C.conv2d_forward(x, y, w, None, (1, 1), (0, 0), (1, 1), 1, None, False, None, None, True)
