@@ -85,6 +85,27 @@ void fc_dtranspose(const double *FC_RESTRICT src, int64_t rows, int64_t cols, in
                                   T *FC_RESTRICT dst) {                                                            \
         const fc_strided_matrix *b = (const fc_strided_matrix *)src;                                               \
         const T *base = (const T *)b->data;                                                                        \
+        if (b->cs == 1 && nc >= b->rs) {                                                                           \
+            /* A panel of whole rows (a 1x1 layer's images up to nc pixels) is one contiguous run of memory:      \
+             * read it front to back, row after row, and deal each row to the micro-panels. Panel after panel    \
+             * would walk kc rows at a time, too many streams for the hardware to prefetch. */                   \
+            int64_t full = nc / nr * nr;                                                                           \
+            int64_t w = nc - full, wpad = (w + vl - 1) / vl * vl;                                                  \
+            for (int64_t p = 0; p < kc; p++) {                                                                     \
+                const T *s = base + (k0 + p) * b->rs + j0;                                                         \
+                T *d = dst + p * nr;                                                                               \
+                int64_t jp = 0;                                                                                    \
+                if (nr * (int64_t)sizeof(T) == 192) /* the AVX-512 panel: a copy of constant size, inlined */     \
+                    for (; jp < full; jp += nr) memcpy(d + jp * kc, s + jp, 192);                                  \
+                for (; jp < full; jp += nr) memcpy(d + jp * kc, s + jp, (size_t)nr * sizeof(T));                   \
+                if (w) {                                                                                           \
+                    T *dl = dst + full * kc + p * wpad;                                                            \
+                    memcpy(dl, s + full, (size_t)w * sizeof(T));                                                   \
+                    for (int64_t j = w; j < wpad; j++) dl[j] = 0;                                                  \
+                }                                                                                                  \
+            }                                                                                                      \
+            return;                                                                                                \
+        }                                                                                                          \
         for (int64_t jp = 0; jp < nc; jp += nr) {                                                                  \
             int64_t w = nc - jp < nr ? nc - jp : nr;                                                               \
             int64_t wpad = (w + vl - 1) / vl * vl;                                                                 \

@@ -895,6 +895,22 @@ def test_fused_residual_and_relu(arch, nthreads, dtype, case):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", list(FUSED_CASES))
+def test_fused_relu_keeps_nan_from_the_input(arch, nthreads, dtype, case):
+    """A NaN in x reaches the outputs whose window holds it, and the fused ReLU keeps it NaN (it does not clamp
+    it to 0) on every forward path; the other outputs are max(conv + b, 0)."""
+    x_shape, w_shape, geometry, _ = FUSED_CASES[case]
+    x, weight, b = make_problem(np.random.default_rng(11), x_shape, w_shape, dtype)
+    x[0, 0, x_shape[2] // 2, x_shape[3] // 2] = np.nan
+    plain = conv2d(x, weight, b, **geometry)
+    assert np.isnan(plain).any()
+    got = conv2d(x, weight, b, **geometry, relu=True)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(plain))
+    ok = ~np.isnan(plain)
+    np.testing.assert_array_equal(got[ok], np.where(plain[ok] < 0, 0, plain[ok]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", list(FUSED_CASES))
 def test_output_into_a_channel_slice(arch, nthreads, dtype, case):
     """out=buf[:, c0:c1] (an inception block's share of its concatenation): the same values as a fresh output on
     every forward path, nothing written outside the slice, the slice returned."""
