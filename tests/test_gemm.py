@@ -544,6 +544,17 @@ def test_transpose_exact(arch, dtype, shape, rng):
     assert (out[:, 0] == -7).all() and (out[:, 1 + rows:] == -7).all()
 
 
+@pytest.mark.parametrize("rows", [1, 7, 8, 9, 16, 56, 57])
+def test_transpose_of_four_contiguous_columns(arch, dtype, rows, rng):
+    """Four columns with no gap between rows (a stride-4 layer's row split into its phases: the arch's own
+    unpack-and-permute path) into rows of a strided view: numpy's transpose, nothing written outside."""
+    src = rng.standard_normal((rows, 4)).astype(dtype)
+    out = np.full((4, rows + 3), -7.0, dtype)
+    _C.transpose(src, out[:, 1:1 + rows])
+    np.testing.assert_array_equal(out[:, 1:1 + rows], src.T)
+    assert (out[:, 0] == -7).all() and (out[:, 1 + rows:] == -7).all()
+
+
 def test_transpose_bad_shape():
     with pytest.raises(ValueError, match=r"dst has shape \(3, 3\), expected \(4, 3\)"):
         _C.transpose(np.zeros((3, 4), np.float32), np.zeros((3, 3), np.float32))

@@ -10,6 +10,26 @@
 void TRANSPOSE_NAME(s)(const float *FC_RESTRICT src, int64_t rows, int64_t cols, int64_t lds, float *FC_RESTRICT dst,
                        int64_t ldd) {
     const int64_t rows8 = rows / 8 * 8, cols8 = cols / 8 * 8;
+    if (cols == 4 && lds == 4) {
+        /* four interleaved streams into four rows (a stride-4 layer's input split into its column phases): 8
+         * rows at a time, 32 contiguous floats; two rounds of unpacks leave each column's 8 values in the order
+         * r0 r4 r2 r6 r1 r5 r3 r7, which one permute puts right */
+        const __m256i order = _mm256_setr_epi32(0, 4, 2, 6, 1, 5, 3, 7);
+        for (int64_t r = 0; r < rows8; r += 8) {
+            const float *s = src + r * 4;
+            __m256 a0 = _mm256_loadu_ps(s), a1 = _mm256_loadu_ps(s + 8);
+            __m256 a2 = _mm256_loadu_ps(s + 16), a3 = _mm256_loadu_ps(s + 24);
+            __m256 t0 = _mm256_unpacklo_ps(a0, a1), t1 = _mm256_unpackhi_ps(a0, a1);
+            __m256 t2 = _mm256_unpacklo_ps(a2, a3), t3 = _mm256_unpackhi_ps(a2, a3);
+            float *d = dst + r;
+            _mm256_storeu_ps(d, _mm256_permutevar8x32_ps(_mm256_unpacklo_ps(t0, t2), order));
+            _mm256_storeu_ps(d + ldd, _mm256_permutevar8x32_ps(_mm256_unpackhi_ps(t0, t2), order));
+            _mm256_storeu_ps(d + 2 * ldd, _mm256_permutevar8x32_ps(_mm256_unpacklo_ps(t1, t3), order));
+            _mm256_storeu_ps(d + 3 * ldd, _mm256_permutevar8x32_ps(_mm256_unpackhi_ps(t1, t3), order));
+        }
+        if (rows8 < rows) fc_stranspose_portable(src + rows8 * lds, rows - rows8, cols, lds, dst + rows8, ldd);
+        return;
+    }
     for (int64_t r = 0; r < rows8; r += 8) {
         const float *s = src + r * lds;
         for (int64_t c = 0; c < cols8; c += 8) {
