@@ -18,6 +18,9 @@
  * of 256 -> 64) ran 1.2-1.6x faster so, on 1 and 2 threads. */
 #define FC_GEMM_SHALLOW_K 64
 #define FC_GEMM_COLD_C_BYTES ((int64_t)1 << 20)
+/* Most rows of a block whose last column tile the narrow kernel computes at once (a stack buffer of this many rows
+ * of FC_NARROW_COLS): mc of every arch, rounded up to mr, fits. */
+#define FC_GEMM_NARROW_ROWS 512
 /* Up to this many rows of A and a B of at least FC_GEMM_SMALL_M_MIN_B elements (where packing it into panels costs
  * more than it saves): dot products when B's columns are contiguous (gemm_small_m), the rows kernel reading B in
  * place when its rows are (gemm_small_m_rows). */

@@ -229,7 +229,7 @@ const fc_arch fc_arch_ref = {
      fc_stranspose_portable,
      fc_swinograd_input4_ref, fc_swinograd_weights4_ref, fc_swinograd_output4_ref,
      fc_swinograd_grad4_ref,
-     fc_sgemm_ukr_ref_dot, fc_sgemm_ukr_ref_rows},
+     fc_sgemm_ukr_ref_dot, fc_sgemm_ukr_ref_rows, NULL},
     {4, 1, 4, 128, 256, 2048,
      {0, fc_dgemm_ukr_ref_1, fc_dgemm_ukr_ref_2, fc_dgemm_ukr_ref_3, fc_dgemm_ukr_ref_4},
      4, 4, 4, 4, {0, fc_ddirect_ukr_ref_1, fc_ddirect_ukr_ref_2, fc_ddirect_ukr_ref_3, fc_ddirect_ukr_ref_4},
@@ -242,5 +242,5 @@ const fc_arch fc_arch_ref = {
      fc_dtranspose_portable,
      fc_dwinograd_input4_ref, fc_dwinograd_weights4_ref, fc_dwinograd_output4_ref,
      fc_dwinograd_grad4_ref,
-     fc_dgemm_ukr_ref_dot, fc_dgemm_ukr_ref_rows},
+     fc_dgemm_ukr_ref_dot, fc_dgemm_ukr_ref_rows, NULL},
 };

@@ -224,6 +224,26 @@ def test_every_partial_tile_width_and_height_exact(arch, nthreads, dtype, rng):
         assert_gemm_result(out, a, b, alpha=2.0, exact=True)
 
 
+@pytest.mark.parametrize("n", [49, 52, 196, 53])
+def test_few_last_columns_match_the_wide_kernels_bit_for_bit(arch, nthreads, dtype, n, rng):
+    """A last column panel of 1-4 columns (a 7x7 image's 49 pixels, 14x14's 196) runs a narrow kernel on some
+    archs: over many row panels (75 rows: groups of 4 panels and a rest) and two depth blocks (k = 400, beta
+    accumulating between them), with alpha and beta, every column equals bit for bit the same column computed
+    inside a wider product (where the full-width kernels take it), and both are within rounding of float64."""
+    m, k = 75, 400
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, n + 16)).astype(dtype)
+    c0 = rng.standard_normal((m, n + 16)).astype(dtype)
+    narrow = c0[:, :n].copy()
+    assert fastconv.gemm(a, b[:, :n], narrow, alpha=2.0, beta=-1.0) is narrow
+    wide = c0.copy()
+    fastconv.gemm(a, b, wide, alpha=2.0, beta=-1.0)
+    np.testing.assert_array_equal(narrow, wide[:, :n])
+    want = 2.0 * (a.astype(np.float64) @ b[:, :n].astype(np.float64)) - c0[:, :n]
+    bound = 2.0 * (np.abs(a.astype(np.float64)) @ np.abs(b[:, :n].astype(np.float64))) + np.abs(c0[:, :n])
+    assert np.all(np.abs(narrow - want) <= 4 * k * np.finfo(dtype).eps * bound)
+
+
 @pytest.mark.parametrize("dim", ["m", "k", "n"])
 def test_cache_block_edges_exact(arch, nthreads, dtype, dim, rng):
     """MC-1, MC, MC+1, 2MC+1 rows; KC-1 .. 2KC+1 depth (more than one K block: the second accumulates into C);

@@ -199,7 +199,7 @@ const fc_arch fc_arch_avx2 = {
      fc_stranspose_avx2,
      fc_swinograd_input4_avx2, fc_swinograd_weights4_avx2, fc_swinograd_output4_avx2,
      fc_swinograd_grad4_avx2,
-     fc_sgemm_ukr_avx2_dot, fc_sgemm_ukr_avx2_rows},
+     fc_sgemm_ukr_avx2_dot, fc_sgemm_ukr_avx2_rows, NULL},
     {6, 4, 2, 144, 256, 2048, {0, fc_dgemm_ukr_avx2_1, fc_dgemm_ukr_avx2_2, 0, 0},
      6, 2, 3, 4, {0, fc_ddirect_ukr_avx2_1, fc_ddirect_ukr_avx2_2, 0, 0}, fc_dwgrad_ukr_avx2,
      fc_dwinograd_input_avx2, fc_dwinograd_weights_avx2, fc_dwinograd_grad_avx2, fc_dwinograd_output_avx2,
@@ -210,5 +210,5 @@ const fc_arch fc_arch_avx2 = {
      fc_dtranspose_avx2,
      fc_dwinograd_input4_avx2, fc_dwinograd_weights4_avx2, fc_dwinograd_output4_avx2,
      fc_dwinograd_grad4_avx2,
-     fc_dgemm_ukr_avx2_dot, fc_dgemm_ukr_avx2_rows},
+     fc_dgemm_ukr_avx2_dot, fc_dgemm_ukr_avx2_rows, NULL},
 };

@@ -183,6 +183,66 @@ static inline void store_wide_n_epi32(int64_t *p, __m512i v, int64_t n) {
 #define TRANSPOSE_NAME(PFX) fc_##PFX##transpose_avx512
 #include "../transpose_avx.h"
 
+/* Few columns of B (dispatch.h, fc_Xgemm_narrow_ukr): with fewer than a vector of them the one-vector kernel
+ * spends a whole vector, 8 broadcasts and 8 multiply-adds per step on one to four columns (a 7x7 image's 49th
+ * pixel). Here a vector holds one A micro-panel's 8 rows (8 floats: a ymm; 8 doubles: a zmm), NARROW_G micro-panels
+ * at once, one broadcast of B per column and step. Each sum is the micro-kernel's: one fused multiply-add of the
+ * same product per step, from zero, in the same order, so a column's values do not depend on which kernel ran. */
+#define NARROW_G 4
+#define DEFINE_NARROW(T, PFX, V, SETZERO, SET1, LOADU, STOREU, FMADD, MUL)                                        \
+    static inline __attribute__((always_inline)) void PFX##narrow_body(                                         \
+        const int nc, const int ng, int64_t k, const T *FC_RESTRICT a, const T *FC_RESTRICT b, int64_t ldb,       \
+        T alpha, T *FC_RESTRICT out, int64_t ldo) {                                                              \
+        V acc[NARROW_G][FC_NARROW_COLS];                                                                          \
+        _Pragma("GCC unroll 4") for (int g = 0; g < ng; g++)                                                      \
+            _Pragma("GCC unroll 4") for (int j = 0; j < nc; j++) acc[g][j] = SETZERO();                          \
+        for (int64_t p = 0; p < k; p++) {                                                                         \
+            _Pragma("GCC unroll 4") for (int j = 0; j < nc; j++) {                                                \
+                const V bj = SET1(b[p * ldb + j]);                                                                \
+                _Pragma("GCC unroll 4") for (int g = 0; g < ng; g++)                                              \
+                    acc[g][j] = FMADD(LOADU(a + (int64_t)g * 8 * k + p * 8), bj, acc[g][j]);                      \
+            }                                                                                                     \
+        }                                                                                                         \
+        T lanes[8];                                                                                               \
+        for (int g = 0; g < ng; g++)                                                                              \
+            for (int j = 0; j < nc; j++) {                                                                        \
+                STOREU(lanes, MUL(acc[g][j], SET1(alpha)));                                                       \
+                for (int r = 0; r < 8; r++) out[(g * 8 + r) * ldo + j] = lanes[r];                                \
+            }                                                                                                     \
+    }                                                                                                             \
+    void fc_##PFX##gemm_ukr_avx512_narrow(int64_t k, const T *FC_RESTRICT a, int64_t ntr, const T *FC_RESTRICT b, \
+                                          int64_t ldb, int ncols, T alpha, T *FC_RESTRICT out, int64_t ldo) {     \
+        if (ncols < 1 || ncols > FC_NARROW_COLS) return;                                                          \
+        for (int64_t t = 0; t < ntr; t += NARROW_G, a += NARROW_G * 8 * k, out += NARROW_G * 8 * ldo) {          \
+            const int ng = ntr - t < NARROW_G ? (int)(ntr - t) : NARROW_G;                                        \
+            switch ((ncols - 1) * NARROW_G + ng - 1) {                                                            \
+            case 0: PFX##narrow_body(1, 1, k, a, b, ldb, alpha, out, ldo); break;                                 \
+            case 1: PFX##narrow_body(1, 2, k, a, b, ldb, alpha, out, ldo); break;                                 \
+            case 2: PFX##narrow_body(1, 3, k, a, b, ldb, alpha, out, ldo); break;                                 \
+            case 3: PFX##narrow_body(1, 4, k, a, b, ldb, alpha, out, ldo); break;                                 \
+            case 4: PFX##narrow_body(2, 1, k, a, b, ldb, alpha, out, ldo); break;                                 \
+            case 5: PFX##narrow_body(2, 2, k, a, b, ldb, alpha, out, ldo); break;                                 \
+            case 6: PFX##narrow_body(2, 3, k, a, b, ldb, alpha, out, ldo); break;                                 \
+            case 7: PFX##narrow_body(2, 4, k, a, b, ldb, alpha, out, ldo); break;                                 \
+            case 8: PFX##narrow_body(3, 1, k, a, b, ldb, alpha, out, ldo); break;                                 \
+            case 9: PFX##narrow_body(3, 2, k, a, b, ldb, alpha, out, ldo); break;                                 \
+            case 10: PFX##narrow_body(3, 3, k, a, b, ldb, alpha, out, ldo); break;                                \
+            case 11: PFX##narrow_body(3, 4, k, a, b, ldb, alpha, out, ldo); break;                                \
+            case 12: PFX##narrow_body(4, 1, k, a, b, ldb, alpha, out, ldo); break;                                \
+            case 13: PFX##narrow_body(4, 2, k, a, b, ldb, alpha, out, ldo); break;                                \
+            case 14: PFX##narrow_body(4, 3, k, a, b, ldb, alpha, out, ldo); break;                                \
+            default: PFX##narrow_body(4, 4, k, a, b, ldb, alpha, out, ldo); break;                                \
+            }                                                                                                     \
+        }                                                                                                         \
+    }
+/* the A micro-panels these read are 8 rows tall: the MR of both kernel sets below */
+DEFINE_NARROW(float, s, __m256, _mm256_setzero_ps, _mm256_set1_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_fmadd_ps,
+              _mm256_mul_ps)
+DEFINE_NARROW(double, d, __m512d, _mm512_setzero_pd, _mm512_set1_pd, _mm512_loadu_pd, _mm512_storeu_pd,
+              _mm512_fmadd_pd, _mm512_mul_pd)
+#undef DEFINE_NARROW
+#undef NARROW_G
+
 const fc_arch fc_arch_avx512 = {
     "avx512",
     "AVX-512F (512-bit FMA)",
@@ -198,7 +258,7 @@ const fc_arch fc_arch_avx512 = {
      fc_stranspose_avx512,
      fc_swinograd_input4_avx512, fc_swinograd_weights4_avx512, fc_swinograd_output4_avx512,
      fc_swinograd_grad4_avx512,
-     fc_sgemm_ukr_avx512_dot, fc_sgemm_ukr_avx512_rows},
+     fc_sgemm_ukr_avx512_dot, fc_sgemm_ukr_avx512_rows, fc_sgemm_ukr_avx512_narrow},
     {8, 8, 3, 192, 256, 2048, {0, fc_dgemm_ukr_avx512_1, fc_dgemm_ukr_avx512_2, fc_dgemm_ukr_avx512_3, 0},
      6, 4, 6, 4,
      {0, fc_ddirect_ukr_avx512_1, fc_ddirect_ukr_avx512_2, fc_ddirect_ukr_avx512_3, fc_ddirect_ukr_avx512_4},
@@ -211,5 +271,5 @@ const fc_arch fc_arch_avx512 = {
      fc_dtranspose_avx512,
      fc_dwinograd_input4_avx512, fc_dwinograd_weights4_avx512, fc_dwinograd_output4_avx512,
      fc_dwinograd_grad4_avx512,
-     fc_dgemm_ukr_avx512_dot, fc_dgemm_ukr_avx512_rows},
+     fc_dgemm_ukr_avx512_dot, fc_dgemm_ukr_avx512_rows, fc_dgemm_ukr_avx512_narrow},
 };

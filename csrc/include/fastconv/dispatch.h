@@ -100,6 +100,15 @@ typedef void (*fc_sgemm_rows_ukr)(int64_t k, const float *FC_RESTRICT a, const f
 typedef void (*fc_dgemm_rows_ukr)(int64_t k, const double *FC_RESTRICT a, const double *FC_RESTRICT b, int64_t ldb,
                                   int nv, double *FC_RESTRICT c, int64_t rs_c, double beta);
 
+/* At most FC_NARROW_COLS columns of a packed B micro-panel (fewer than a vector: the last of an image of 49 or 196
+ * pixels) against ntr packed A micro-panels (arch/ukernel_template.h): out[r * ldo + j] = alpha * (A B)[r, j],
+ * each sum in the micro-kernels' order and rounding. NULL where the arch has none (the driver then runs ukr[1]). */
+#define FC_NARROW_COLS 4
+typedef void (*fc_sgemm_narrow_ukr)(int64_t k, const float *FC_RESTRICT a, int64_t ntr, const float *FC_RESTRICT b,
+                                    int64_t ldb, int ncols, float alpha, float *FC_RESTRICT out, int64_t ldo);
+typedef void (*fc_dgemm_narrow_ukr)(int64_t k, const double *FC_RESTRICT a, int64_t ntr, const double *FC_RESTRICT b,
+                                    int64_t ldb, int ncols, double alpha, double *FC_RESTRICT out, int64_t ldo);
+
 /* fc_Xtranspose (gemm.h) at the ISA's vector width. */
 typedef void (*fc_stranspose_ukr)(const float *FC_RESTRICT src, int64_t rows, int64_t cols, int64_t lds,
                                   float *FC_RESTRICT dst, int64_t ldd);
@@ -130,6 +139,7 @@ typedef struct fc_sgemm_kernel {
     fc_swino_grad_ukr winograd4_grad;
     fc_sgemm_dot_ukr dot;
     fc_sgemm_rows_ukr rows;
+    fc_sgemm_narrow_ukr narrow;
 } fc_sgemm_kernel;
 
 typedef struct fc_dgemm_kernel {
@@ -154,6 +164,7 @@ typedef struct fc_dgemm_kernel {
     fc_dwino_grad_ukr winograd4_grad;
     fc_dgemm_dot_ukr dot;
     fc_dgemm_rows_ukr rows;
+    fc_dgemm_narrow_ukr narrow;
 } fc_dgemm_kernel;
 
 typedef struct fc_arch {
