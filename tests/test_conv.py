@@ -171,6 +171,8 @@ MODE_CASES = {
     # strided 1x1 with >= 192 output pixels: image after image, the input sampled at the stride first
     "one_by_one_strided_large": ((2, 6, 40, 41), (5, 6, 1, 1), dict(stride=2)),
     "one_by_one_strided_large_groups": ((1, 6, 45, 41), (4, 3, 1, 1), dict(stride=(2, 3), groups=2)),
+    # one image with 2^16 sampled values per group: the sampling itself runs over the threads (batch 1)
+    "one_by_one_strided_n1_sampled_in_parallel": ((1, 32, 64, 130), (6, 32, 1, 1), dict(stride=2)),
     # deep kernels: the input gradient's tile has fewer columns than the GEMM. kdim = 64*49 = 3136 gives 334-column
     # tiles (oh*ow = 2116 in large mode; 3*144 batched, tiles crossing image boundaries); kdim = 16*49 = 784
     # gives 1337 (two tiles per image, batch-parallel with 2 threads)
