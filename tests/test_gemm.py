@@ -151,12 +151,14 @@ def test_micro_tile_edges_exact(arch, nthreads, dtype, trans_a, trans_b, rng):
 
 def test_few_rows_against_contiguous_columns(arch, nthreads, dtype, rng):
     """Up to 8 rows of A times a B whose columns are contiguous (x @ W.T, a fully connected layer with a small
-    batch) with B of at least 2**20 elements run as the arch's dot kernel, B's columns 4 at a time, each vector of
-    them loaded once for up to 4 rows: 1 to 3 leftover columns, a second block of rows, every leftover depth past
-    the vectors, exactly on integers, and within the rounding bound on normal data with alpha/beta."""
+    batch) with B of at least 2**16 elements (one or two rows) or 2**18 (more) run as the arch's dot kernel, B's
+    columns 4 at a time, each vector of them loaded once for up to 4 rows: 1 to 3 leftover columns, a second block
+    of rows, every leftover depth past the vectors, exactly on integers, and within the rounding bound on normal
+    data with alpha/beta."""
     for m in (1, 2, 7, 8, 9):  # 9: the packed path again
         for n, k in ((1, 2 ** 20), (3, 2 ** 18 + 15), (4, 2 ** 18 + 16), (5, 2 ** 18 + 17), (67, 15651),
-                     (2 ** 20 + 1, 1), (2 ** 16 + 3, 17), (70, 100)):  # the last one below the size: packed
+                     (2 ** 20 + 1, 1), (2 ** 16 + 3, 17), (301, 300), (70, 100)):
+            # (301, 300): dot products for 1-2 rows, packed for more; (70, 100) below both sizes: packed
             a = integer_matrix(rng, (m, k), dtype)
             w = integer_matrix(rng, (n, k), dtype)
             assert_gemm_result(fastconv.gemm(a, w, trans_b=True), a, w, trans_b=True, exact=True)

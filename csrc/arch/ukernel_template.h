@@ -172,8 +172,19 @@ void UKR_NAME(dot)(int64_t m, int64_t k, const T *FC_RESTRICT a, int64_t rs_a, c
     for (int i = 0; i < FC_DOT_ROWS; i++)
 #pragma GCC unroll 4
         for (int j = 0; j < FC_DOT_COLS; j++) acc[i][j] = VZERO();
+    /* the next block of columns (past the last one: a prefetch never faults), fetched as this one streams, so that
+     * twice as many rows are in flight: each is its own page-long stream, which the hardware prefetcher restarts
+     * at every page */
+#if VL >= 8
+    const T *nb[FC_DOT_COLS];
+    for (int j = 0; j < FC_DOT_COLS; j++) nb[j] = bc[j] + FC_DOT_COLS * cs_b;
+#endif
     int64_t p = 0;
     for (; p + VL <= k; p += VL) {
+#if VL >= 8
+#pragma GCC unroll 4
+        for (int j = 0; j < FC_DOT_COLS; j++) __builtin_prefetch(nb[j] + p, 0, 1);
+#endif
         VEC x[FC_DOT_COLS];
 #pragma GCC unroll 4
         for (int j = 0; j < FC_DOT_COLS; j++) x[j] = VLOADU(bc[j] + p);
