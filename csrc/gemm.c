@@ -28,7 +28,10 @@
 #define FC_GEMM_SMALL_M_MIN_B ((int64_t)1 << 20)
 /* The dot products from a B of 2^16 elements for one or two rows of A, 2^18 for more: the packed path computes 8
  * rows whatever m is (a fully connected layer of 1024 -> 1000 at batch 1: 0.29 -> 0.09 ms), but for 4-8 rows and
- * a B of up to about 2^17 elements, packing it once beats reading it once per 4 rows (0.8-0.9x otherwise). */
+ * a B of up to about 2^17 elements, packing it once beats reading it once per 4 rows (0.8-0.9x otherwise). Below
+ * 2^16 the dot products would win at one row too (LeNet-5's 120 -> 84 at batch 1: 3.6 -> 1.8 us), but a small
+ * layer then sums an image in another order at batch 1 than in a batch, and feature extraction must not depend
+ * on the batching (tests/test_transfer.py). */
 #define FC_GEMM_SMALL_M_DOT_MIN_B(m) ((m) <= 2 ? (int64_t)1 << 16 : (int64_t)1 << 18)
 
 #define T float

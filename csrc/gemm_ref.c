@@ -37,8 +37,8 @@ FC_DEFINE_NAIVE(double, d)
 #define VADD(a, b) ((a) + (b))
 #define VRELU(x) ((x) < 0 ? 0 : (x))
 #define UKR_NAME(v) fc_sgemm_ukr_ref_##v
-#include "arch/ukernel_template.h"
 #define VHSUM(x) (x)
+#include "arch/ukernel_template.h"
 #define DFB 4
 #define DNV 4
 #define WFB 4

@@ -21,6 +21,11 @@ cdef int check(int err) except -1:
     raise ValueError(f"fastconv: invalid argument reached the C engine (error {err})")
 
 
+cdef object _mv_base(object view):
+    """The array a typed memoryview argument was taken from (None for None)."""
+    return None if view is None else view.base
+
+
 # ---------------------------------------------------------------- runtime: CPU, kernels, threads
 
 def cpu_features():
@@ -90,3 +95,4 @@ include "_C_pool.pxi"
 include "_C_activation.pxi"
 include "_C_optim.pxi"
 include "_C_array_cache.pxi"
+include "_C_plan.pxi"

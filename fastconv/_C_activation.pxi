@@ -32,6 +32,8 @@ def relu_forward(const real[::1] x, real[::1] y):
         else:
             err = fc_drelu_forward(&ctx, &x[0], &y[0], n)
     check(err)
+    if _plan_recorder is not None:
+        _record_relu(real is double, &x[0], &y[0], n, (x.base, y.base), (y.base,))
 
 
 def relu_backward(const real[::1] dy, const real[::1] x, real[::1] dx, int rule):

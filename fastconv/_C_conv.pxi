@@ -209,9 +209,9 @@ def conv2d_prepare_weights(const real[:, :, :, ::1] weight, tuple x_shape, tuple
                            tuple dilation, int64_t groups):
     """The weights of a layer prepared for repeated inference forwards (conv2d_forward's `prepared`): a 1-D
     array of weight's dtype holding the Winograd transform for the current arch and tile setting, or the GEMM's
-    packed panels, or None when this layer's forward has nothing to prepare (the direct kernels; a dense layer,
-    whose kernel covers its whole unpadded input, runs as a fully connected one). Only x_shape's channels, height
-    and width matter (the tile depends on the output width)."""
+    packed panels (also for a dense layer, whose kernel covers its whole unpadded input), or the direct kernels'
+    filter blocks, or None when this layer's forward has nothing to prepare. Only x_shape's channels, height and
+    width matter (the tile depends on the output width)."""
     cdef fc_conv2d_desc d = _conv_desc((max(int(x_shape[0]), 1),) + tuple(x_shape[1:]),
                                        (weight.shape[0], weight.shape[1], weight.shape[2], weight.shape[3]), stride,
                                        padding, dilation, groups)
@@ -310,6 +310,18 @@ def conv2d_forward_split(const real[:, :, :, ::1] x, list outs, const real[:, :,
             err = fc_dconv2d_forward_split(&ctx, &x[0, 0, 0, 0], do, nout, &weight[0, 0, 0, 0], pp, elems, ps, pb,
                                            relu, &d)
     check(err)
+    cdef void *ys[4]
+    cdef int64_t ldys[4]
+    cdef int64_t fs[4]
+    if _plan_recorder is not None:
+        for s in range(nout):
+            if real is float:
+                ys[s], ldys[s], fs[s] = so[s].y, so[s].ldy, so[s].f
+            else:
+                ys[s], ldys[s], fs[s] = do[s].y, do[s].ldy, do[s].f
+        _record_conv_split(real is double, &x[0, 0, 0, 0], &weight[0, 0, 0, 0], pp, elems, ps, pb, nout, ys, ldys, fs,
+                           relu, &d, (x.base, weight.base, _mv_base(bias), _mv_base(scale), _mv_base(prepared),
+                                      tuple(outs)), tuple(outs))
 
 
 def conv2d_forward(const real[:, :, :, ::1] x, real[:, :, :, :] y, const real[:, :, :, ::1] weight,
@@ -363,6 +375,11 @@ def conv2d_forward(const real[:, :, :, ::1] x, real[:, :, :, :] y, const real[:,
                 err = fc_dconv2d_forward_prepared(&ctx, &x[0, 0, 0, 0], &y[0, 0, 0, 0], ldy, &weight[0, 0, 0, 0],
                                                   pp, elems, ps, pb, pr, relu, &d)
     check(err)
+    if _plan_recorder is not None:
+        _record_conv(PLAN_CONV_POOLED if pool_input else PLAN_CONV, real is double, &x[0, 0, 0, 0], &y[0, 0, 0, 0],
+                     &weight[0, 0, 0, 0], pp, ps, pb, pr, ldy, elems, relu, &d,
+                     (x.base, y.base, weight.base, _mv_base(bias), _mv_base(scale), _mv_base(prepared),
+                      _mv_base(residual)), (y.base,))
 
 
 def conv2d_pooled_input_fused(tuple x_shape, tuple w_shape, tuple stride, tuple padding, tuple dilation,

@@ -144,6 +144,9 @@ def lrn_forward(const real[:, :, ::1] x, real[:, :, ::1] y, real[:, :, ::1] scal
         else:
             err = fc_dlrn_forward(&ctx, &x[0, 0, 0], &y[0, 0, 0], &scale[0, 0, 0], &d)
     check(err)
+    if _plan_recorder is not None:
+        _record_lrn(real is double, &x[0, 0, 0], &y[0, 0, 0], &scale[0, 0, 0], &d, (x.base, y.base, scale.base),
+                    (y.base, scale.base))
 
 
 def lrn_backward(const real[:, :, ::1] dy, const real[:, :, ::1] x, const real[:, :, ::1] y,

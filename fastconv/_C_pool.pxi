@@ -128,6 +128,8 @@ def max_pool2d_forward_values(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, 
         else:
             err = fc_dmax_pool2d_forward_values(&ctx, &x[0, 0, 0, 0], &y[0, 0, 0, 0], &d)
     check(err)
+    if _plan_recorder is not None:
+        _record_pool(PLAN_MAX_POOL, real is double, &x[0, 0, 0, 0], &y[0, 0, 0, 0], &d, (x.base, y.base), (y.base,))
 
 
 def max_pool2d_backward(const real[:, :, :, ::1] dy, const int64_t[:, :, :, ::1] argmax, real[:, :, :, ::1] dx):
@@ -164,6 +166,8 @@ def avg_pool2d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, tuple k
         else:
             err = fc_davg_pool2d_forward(&ctx, &x[0, 0, 0, 0], &y[0, 0, 0, 0], &d)
     check(err)
+    if _plan_recorder is not None:
+        _record_pool(PLAN_AVG_POOL, real is double, &x[0, 0, 0, 0], &y[0, 0, 0, 0], &d, (x.base, y.base), (y.base,))
 
 
 def avg_pool2d_backward(const real[:, :, :, ::1] dy, real[:, :, :, ::1] dx, tuple kernel, tuple stride,
@@ -206,6 +210,8 @@ def global_avg_pool2d_forward(const real[:, :, :, ::1] x, real[:, ::1] y):
         else:
             err = fc_dglobal_avg_pool2d_forward(&ctx, &x[0, 0, 0, 0], &y[0, 0], &d)
     check(err)
+    if _plan_recorder is not None:
+        _record_pool(PLAN_GLOBAL_AVG_POOL, real is double, &x[0, 0, 0, 0], &y[0, 0], &d, (x.base, y.base), (y.base,))
 
 
 def global_avg_pool2d_backward(const real[:, ::1] dy, real[:, :, :, ::1] dx):

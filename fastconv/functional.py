@@ -236,9 +236,10 @@ def conv2d_prepare_weights(weight, x_shape, stride=1, padding=0, dilation=1, gro
     batch 1; layers on the GEMM path pack them into the GEMM's panels (on one thread, before the images are shared
     out). This does it once, for the current arch and tile setting and inputs of x_shape's channels and width
     (the batch does not matter). Returns a 1-D array of weight's dtype (P/9 times the weights' size on Winograd,
-    about their size on the GEMM path, plus 64 bytes), or None when the layer's forward runs the direct kernels
-    (nothing to prepare). The GEMM path uses it where it runs image after image (outputs of >= 192 pixels); with
-    smaller outputs it batches images and reads the weights as they are. The result is only valid for this weight
+    about their size on the GEMM path and for a dense layer, whose kernel covers its whole input, the weights
+    padded to whole filter blocks on the direct path, plus 64 bytes). The GEMM path uses it where it runs image
+    after image (outputs of >= 192 pixels) and dense layers always; with smaller outputs it batches images and
+    reads the weights as they are. The result is only valid for this weight
     as it is now: prepare again after changing it.
     """
     x_shape = tuple(int(v) for v in x_shape)
@@ -708,17 +709,22 @@ def _linear_operands(x, weight):
     return x, weight
 
 
-def linear(x, weight, bias=None):
-    """Fully connected layer, torch layout: ``y = x @ weight.T + bias``.
+def linear(x, weight, bias=None, *, relu=False):
+    """Fully connected layer, torch layout: ``y = x @ weight.T + bias``, then max(y, 0) when `relu` (one pass).
 
     x (N, in), weight (out, in), bias (out,) or None, all of one float dtype. Returns y (N, out).
     """
     x, weight = _linear_operands(x, weight)
     y = np.empty((x.shape[0], weight.shape[0]), x.dtype)
     if bias is not None:
-        y[...] = _per_channel_vector(bias, "bias", x.dtype, weight.shape[0], weight.shape, "weight")
+        bias = _per_channel_vector(bias, "bias", x.dtype, weight.shape[0], weight.shape, "weight")
+    if x.flags.c_contiguous and weight.flags.c_contiguous:
+        _C.linear_forward(x, y, weight, bias, bool(relu))
+        return y
+    if bias is not None:  # strided operands: the GEMM reads them in place
+        y[...] = bias
     _C.gemm(x, weight, y, False, True, 1.0, 1.0 if bias is not None else 0.0)
-    return y
+    return np.maximum(y, 0, out=y) if relu else y
 
 
 def linear_backward(dy, x, weight, *, need_input_grad=True):

@@ -796,7 +796,8 @@ def test_need_flags_select_outputs(arch, nthreads):
 def test_dense_layer_does_not_depend_on_the_batch(arch, nthreads, dtype, shapes):
     """A dense layer (kernel = input, LeNet's C5) gives each image the bits it gets alone, in batches of every
     size (feature extraction must not depend on how images are batched) and within rounding of the reference; it
-    reports the GEMM path, has nothing to prepare, and takes the empty batch."""
+    reports the GEMM path, reads its weights packed once (prepared) with the same bits, and takes the empty
+    batch."""
     (c, h, w), w_shape = shapes
     rng = np.random.default_rng(11)
     x = rng.standard_normal((17, c, h, w)).astype(dtype)
@@ -810,7 +811,10 @@ def test_dense_layer_does_not_depend_on_the_batch(arch, nthreads, dtype, shapes)
     for size in (1, 2, 7, 16):
         for i0 in range(0, 17 - size + 1, size):
             np.testing.assert_array_equal(conv2d(x[i0:i0 + size], weight, b, relu=True), whole[i0:i0 + size])
-    assert fastconv.functional.conv2d_prepare_weights(weight, x.shape) is None  # nothing to prepare
+    prepared = fastconv.functional.conv2d_prepare_weights(weight, x.shape)
+    assert prepared is not None
+    for size in (1, 17):
+        np.testing.assert_array_equal(conv2d(x[:size], weight, b, relu=True, prepared=prepared), whole[:size])
     empty = conv2d(x[:0], weight, b)
     assert empty.shape == (0, w_shape[0], 1, 1)
     dx0, dw0, db0 = conv2d_backward(np.zeros(empty.shape, dtype), x[:0], weight)

@@ -20,6 +20,11 @@ CASES = {
     "1x1": ((2, 40, 16, 13), (36, 40, 1, 1), 1, 0, 1),
     "1x1_deep_groups": ((3, 1040, 14, 14), (20, 520, 1, 1), 1, 0, 2),
     "3x3_s2": ((2, 16, 31, 33), (24, 16, 3, 3), 2, 1, 1),
+    # direct kernels (LeNet's C3; a 7x7 stride-2 stem on its phase planes), and a dense layer (LeNet's C5: kernel =
+    # input, run as a fully connected one)
+    "5x5_direct": ((2, 6, 14, 14), (16, 6, 5, 5), 1, 0, 1),
+    "7x7_s2_direct": ((2, 3, 29, 27), (10, 3, 7, 7), 2, 3, 1),
+    "5x5_dense": ((3, 16, 5, 5), (120, 16, 5, 5), 1, 0, 1),
 }
 
 
@@ -65,7 +70,7 @@ def test_prepared_matches_per_call_transform(arch, nthreads, winograd_auto, rng,
                                   plain[:1])
 
 
-@pytest.mark.parametrize("case", ["3x3", "11x11_s4", "1x1", "3x3_s2"])
+@pytest.mark.parametrize("case", ["3x3", "11x11_s4", "1x1", "3x3_s2", "5x5_direct", "7x7_s2_direct", "5x5_dense"])
 def test_prepared_values_are_read(arch, nthreads, winograd_auto, rng, case):
     """Altering the prepared weights (not their header) alters the output: the layer reads them."""
     x, w, b, stride, padding, groups = make(rng, case, np.float64)
@@ -100,12 +105,28 @@ def test_prepared_for_something_else_is_ignored(winograd_auto, rng):
     np.testing.assert_array_equal(F.conv2d(x, w, b, stride, padding, prepared=np.zeros(3, np.float32)), plain)
 
 
-def test_nothing_to_prepare_on_the_direct_path(winograd_auto, rng):
-    """The direct kernels (LeNet's layers) pack their weights per call into their own layout: nothing prepared."""
-    x = rng.standard_normal((2, 6, 14, 14)).astype(np.float32)
-    w = rng.standard_normal((16, 6, 5, 5)).astype(np.float32)
-    assert _C.conv2d_forward_path(x.shape, w.shape, (1, 1), (0, 0), (1, 1), 1, 4) == "direct"
-    assert F.conv2d_prepare_weights(w, x.shape) is None
+@pytest.mark.parametrize("layout", ["wide", "lanes"])
+def test_direct_path_prepared(winograd_auto, rng, layout):
+    """The direct kernels read their filter blocks from the prepared weights in both layouts (one image per lane
+    or pixels in the lanes), bit for bit what packing them per call gives; weights prepared for the GEMM path or
+    for another layer are ignored."""
+    previous = _C.conv2d_direct_layout(layout)
+    try:
+        x = rng.standard_normal((17, 6, 14, 14)).astype(np.float32)
+        w = rng.standard_normal((16, 6, 5, 5)).astype(np.float32)
+        b = rng.standard_normal(16).astype(np.float32)
+        assert _C.conv2d_forward_path(x.shape, w.shape, (1, 1), (0, 0), (1, 1), 1, 4) == "direct"
+        prepared = F.conv2d_prepare_weights(w, x.shape)
+        assert prepared is not None and prepared.size > w.size
+        np.testing.assert_array_equal(F.conv2d(x, w, b, relu=True, prepared=prepared), F.conv2d(x, w, b, relu=True))
+        changed = prepared.copy()
+        changed[64 // changed.itemsize:] *= 2
+        np.testing.assert_allclose(F.conv2d(x, w, prepared=changed), 2 * F.conv2d(x, w), rtol=1e-6, atol=1e-5)
+        other = F.conv2d_prepare_weights(w[:8], x.shape)  # 8 filters: another header
+        np.testing.assert_array_equal(F.conv2d(x[:, :, :, :], w, b, prepared=np.resize(other, prepared.size)),
+                                      F.conv2d(x, w, b))
+    finally:
+        _C.conv2d_direct_layout(previous)
 
 
 def test_batched_small_outputs_read_the_weights(arch, nthreads, rng):

@@ -40,6 +40,8 @@ class SideBranch(nn.Module):
     keeps the result in ``output``. Before the model's backward, the gradient for that output is put in
     ``output_grad``; backward adds the head's input gradient to the main path's."""
 
+    plan_safe = True  # in eval it passes x on and computes nothing (fastconv.nn.PLAN_SAFE_MODULES)
+
     def __init__(self, head):
         super().__init__()
         self.add_child("head", head)
@@ -63,6 +65,8 @@ class GoogLeNet(nn.Sequential):
     """The GoogLeNet trunk; with auxiliary classifiers, forward in training returns (logits, aux1, aux2) and
     backward takes the matching triple of gradients (an aux gradient may be None). In eval, or without them,
     forward returns the logits only. The paper weighs the auxiliary losses by 0.3: scale their gradients."""
+
+    plan_safe = True  # Sequential's inference, the auxiliary heads off in eval
 
     def aux_branches(self):
         return [m for m in self.children.values() if isinstance(m, SideBranch)]

@@ -95,8 +95,8 @@ static inline __m256d load_masked_pd(const double *p, __m256i k) {
 #define VADD(a, b) _mm256_add_ps(a, b)
 #define VRELU(x) _mm256_max_ps(_mm256_setzero_ps(), x) /* NaN in x is returned: kept */
 #define UKR_NAME(v) fc_sgemm_ukr_avx2_##v
-#include "../ukernel_template.h"
 #define VHSUM(x) hsum_ps(x)
+#include "../ukernel_template.h"
 #define DFB 6
 #define DNV 2
 #define WFB 3
@@ -150,8 +150,8 @@ static inline __m256d load_masked_pd(const double *p, __m256i k) {
 #define VADD(a, b) _mm256_add_pd(a, b)
 #define VRELU(x) _mm256_max_pd(_mm256_setzero_pd(), x)
 #define UKR_NAME(v) fc_dgemm_ukr_avx2_##v
-#include "../ukernel_template.h"
 #define VHSUM(x) hsum_pd(x)
+#include "../ukernel_template.h"
 #define DIRECT_NAME(v) fc_ddirect_ukr_avx2_##v
 #define WGRAD_NAME fc_dwgrad_ukr_avx2
 #include "../direct_template.h"

@@ -49,8 +49,8 @@ static inline void store_wide_n_epi32(int64_t *p, __m512i v, int64_t n) {
 #define VADD(a, b) _mm512_add_ps(a, b)
 #define VRELU(x) _mm512_max_ps(_mm512_setzero_ps(), x) /* NaN in x is returned: kept */
 #define UKR_NAME(v) fc_sgemm_ukr_avx512_##v
-#include "../ukernel_template.h"
 #define VHSUM(x) _mm512_reduce_add_ps(x)
+#include "../ukernel_template.h"
 #define DFB 6
 #define DNV 4
 #define WFB 6
@@ -127,8 +127,8 @@ static inline void store_wide_n_epi32(int64_t *p, __m512i v, int64_t n) {
 #define VADD(a, b) _mm512_add_pd(a, b)
 #define VRELU(x) _mm512_max_pd(_mm512_setzero_pd(), x)
 #define UKR_NAME(v) fc_dgemm_ukr_avx512_##v
-#include "../ukernel_template.h"
 #define VHSUM(x) _mm512_reduce_add_pd(x)
+#include "../ukernel_template.h"
 #define DIRECT_NAME(v) fc_ddirect_ukr_avx512_##v
 #define WGRAD_NAME fc_dwgrad_ukr_avx512
 #include "../direct_template.h"
