@@ -438,23 +438,25 @@ cdef class InferencePlan:
 
 cdef int _linear_run(const fc_context *ctx, const real *x, real *y, const real *w, const real *bias, int64_t n,
                      int64_t nin, int64_t nout, bint relu) noexcept nogil:
-    """y (n, nout) = x (n, nin) w^T (+ bias), then max(., 0) when relu."""
+    """y (n, nout) = x (n, nin) w^T (+ bias), then max(., 0) when relu. The bias joins the finished sum, as in a
+    convolution's epilogue: a layer run as a dense convolution (Linear under prepare_inference) gives the same
+    bits."""
     cdef int64_t i, j
     cdef int err
+    cdef real v
     if n == 0 or nout == 0:
         return FC_OK
+    if real is float:
+        err = fc_sgemm(ctx, n, nout, nin, 1, x, nin, 1, w, 1, nin, 0, y, nout, 1)
+    else:
+        err = fc_dgemm(ctx, n, nout, nin, 1, x, nin, 1, w, 1, nin, 0, y, nout, 1)
+    if err != FC_OK or (bias == NULL and not relu):
+        return err
     for i in range(n):
         for j in range(nout):
-            y[i * nout + j] = bias[j] if bias != NULL else 0
-    if real is float:
-        err = fc_sgemm(ctx, n, nout, nin, 1, x, nin, 1, w, 1, nin, 1, y, nout, 1)
-        if err == FC_OK and relu:
-            err = fc_srelu_forward(ctx, y, y, n * nout)
-    else:
-        err = fc_dgemm(ctx, n, nout, nin, 1, x, nin, 1, w, 1, nin, 1, y, nout, 1)
-        if err == FC_OK and relu:
-            err = fc_drelu_forward(ctx, y, y, n * nout)
-    return err
+            v = y[i * nout + j] + bias[j] if bias != NULL else y[i * nout + j]
+            y[i * nout + j] = 0 if relu and v < 0 else v  # NaN stays NaN, as in the ReLU kernel
+    return FC_OK
 
 
 def linear_forward(const real[:, ::1] x, real[:, ::1] y, const real[:, ::1] weight, const real[::1] bias,

@@ -475,13 +475,30 @@ class Linear(Module):
 
     def forward_inference(self, x, relu=False):
         """Inference: this layer, then ReLU when `relu`, as one call writing its output once. Keeps nothing for
-        backward."""
+        backward. Under prepare_inference a layer of fewer than PREPARED_MAX_WEIGHTS weights runs as the dense
+        convolution it equals, on weights packed once (F.linear packs them on every call: 3.6 of LeNet-5's 27 us
+        at batch 1), with the same bits: both sum on the same GEMM panels, then add the bias."""
         _check_dtype(x, self)
         if x.ndim != 2:
             raise ValueError(f"Linear expects (N, {self.in_features}) input, got shape {x.shape}; "
                              f"put a Flatten before it")
         _keep_for_backward(self, _x=None)
-        return F.linear(x, self.params["weight"], self.params.get("bias"), relu=relu)
+        w, b = self.params["weight"], self.params.get("bias")
+        if not self.__dict__.get("_inference_prepared", False) or w.size >= self.PREPARED_MAX_WEIGHTS or \
+                not x.flags.c_contiguous or not w.flags.c_contiguous:
+            return F.linear(x, w, b, relu=relu)
+        key = (x.shape[1], x.dtype, _C.current_arch())
+        cached = self.__dict__.get("_prepared")
+        if cached is None or cached[0] is not w or cached[1] != key:
+            self._lock_for_inference(w)
+            w4 = w.reshape(w.shape + (1, 1))
+            cached = self._prepared = (w, key, w4, F.conv2d_prepare_weights(w4, (1, x.shape[1], 1, 1)))
+        y = F.conv2d(x.reshape(x.shape + (1, 1)), cached[2], b, relu=relu, prepared=cached[3])
+        return y.reshape(y.shape[:2])
+
+    # below this many weights F.linear packs them for the GEMM at every batch size (the dot products take larger
+    # ones at small batches: gemm.c's FC_GEMM_SMALL_M_DOT_MIN_B), so preparing them changes no bit
+    PREPARED_MAX_WEIGHTS = 1 << 16
 
     def backward(self, dy):
         _check_kept(self)
@@ -788,9 +805,11 @@ class Sequential(Module):
                 if take or into is not None:
                     return x
                 i, fresh, pooled = j, True, False
-            elif type(layer) is Linear and x.ndim == 2 and i + 1 < len(layers) and type(layers[i + 1]) is ReLU:
-                _keep_for_backward(layers[i + 1], _x=None)
-                x, i, fresh = layer.forward_inference(x, relu=True), i + 2, True
+            elif type(layer) is Linear and x.ndim == 2:
+                with_relu = i + 1 < len(layers) and type(layers[i + 1]) is ReLU
+                if with_relu:
+                    _keep_for_backward(layers[i + 1], _x=None)
+                x, i, fresh = layer.forward_inference(x, relu=with_relu), i + 1 + with_relu, True
             elif type(layer) is ReLU and fresh and not np.may_share_memory(x, given) and x.flags.writeable:
                 _keep_for_backward(layer, _x=None)
                 x, i = _relu_in_place(x), i + 1

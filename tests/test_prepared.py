@@ -240,3 +240,28 @@ def test_prepared_on_another_arch_is_ignored(rng):
                     F.conv2d(x, w, b, stride, padding, groups=groups), err_msg=f"{case}: {archs[0]} -> {arch}")
         finally:
             fastconv.set_arch(previous)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("features", [(120, 84), (700, 90), (300, 256)], ids=["lenet_f6", "deeper_than_kc", "large"])
+def test_prepared_linear_same_bits(nthreads, rng, dtype, features):
+    """Under prepare_inference a small fully connected layer runs as a dense convolution on weights packed once:
+    the same bits as F.linear at every batch size (with its ReLU fused), also deeper than the GEMM's kc; a layer
+    of 2^16 weights or more keeps F.linear."""
+    nin, nout = features
+    layer = nn.Linear(nin, nout, rng=rng, dtype=dtype)
+    layer.params["bias"][:] = rng.standard_normal(nout)
+    small = layer.params["weight"].size < nn.Linear.PREPARED_MAX_WEIGHTS
+    layer.prepare_inference()
+    for n in (1, 2, 3, 9, 33):
+        x = rng.standard_normal((n, nin)).astype(dtype)
+        want = F.linear(x, layer.params["weight"], layer.params["bias"])
+        np.testing.assert_allclose(want, x.astype(np.float64) @ layer.params["weight"].T.astype(np.float64) +
+                                   layer.params["bias"], rtol=1e-4 if dtype == np.float32 else 1e-12,
+                                   atol=1e-4 if dtype == np.float32 else 1e-12)
+        with fastconv.no_grad():
+            np.testing.assert_array_equal(layer.forward_inference(x), want)
+            np.testing.assert_array_equal(layer.forward_inference(x, relu=True), np.maximum(want, 0))
+        np.testing.assert_array_equal(F.linear(x, layer.params["weight"], layer.params["bias"], relu=True),
+                                      np.maximum(want, 0))
+    assert ("_prepared" in layer.__dict__) == small
