@@ -406,7 +406,8 @@ cdef class InferencePlan:
 
     def call_times(self, x, int repeats=100):
         """[(kind, median seconds)] of each recorded call on input x, each call timed alone `repeats` times (in
-        order, the calls before it run first): where a replay spends its time."""
+        order, the calls before it run first): where a replay spends its time. A convolution's kind also names
+        its input shape, filters, kernel and stride."""
         names = {PLAN_CONV: "conv", PLAN_CONV_POOLED: "conv_pooled", PLAN_CONV_SPLIT: "conv_split",
                  PLAN_MAX_POOL: "max_pool", PLAN_AVG_POOL: "avg_pool", PLAN_GLOBAL_AVG_POOL: "global_avg_pool",
                  PLAN_LRN: "lrn", PLAN_LINEAR: "linear", PLAN_RELU: "relu"}
@@ -417,6 +418,7 @@ cdef class InferencePlan:
         cdef char *q[PLAN_NPTR]
         cdef Py_ssize_t i
         cdef int s, r
+        cdef const fc_conv2d_desc *d
         result = []
         for i in range(self.n):
             for s in range(PLAN_NPTR):
@@ -430,7 +432,11 @@ cdef class InferencePlan:
                 t0 = time.perf_counter()
                 check(_plan_run_call(&ctx, &self.calls[i], q))
                 samples.append(time.perf_counter() - t0)
-            result.append((names[self.calls[i].kind], float(np.median(samples))))
+            kind = names[self.calls[i].kind]
+            if self.calls[i].kind in (PLAN_CONV, PLAN_CONV_POOLED, PLAN_CONV_SPLIT):
+                d = &self.calls[i].conv
+                kind += f" {d.n}x{d.c}x{d.h}x{d.w} -> {d.f} {d.kh}x{d.kw}/{d.sh}"
+            result.append((kind, float(np.median(samples))))
         return result
 
 
