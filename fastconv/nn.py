@@ -1105,15 +1105,14 @@ PLAN_SAFE_MODULES = {Sequential, Conv2d, BatchNorm2d, ReLU, MaxPool2d, AvgPool2d
 def _planned_forward(model, x):
     """model's inference forward on x through the plan for x's shape and the current settings, recorded at the
     first such call (see Module.prepare_inference); None where no plan applies: the caller runs the layers."""
-    if type(x) is not np.ndarray or not x.flags.c_contiguous or x.dtype.char not in "fd" or x.size == 0 \
-            or _C.plan_recording():
+    if type(x) is not np.ndarray or not x.flags.c_contiguous or _C.plan_recording():
         return None
     plans = model.__dict__.get("_plans")
     if plans is None or plans["version"] != _structure_version[0]:
         plans = model._plans = {"version": _structure_version[0]}
     key = (x.shape, x.dtype.char, _C.plan_settings())
-    if key in plans:
-        plan = plans[key]
+    plan = plans.get(key, plans)  # plans itself: not seen yet
+    if plan is not plans:
         if plan is None:
             return None
         if plan.grad_forwards != _grad_forwards[0]:  # a training forward since: backward must raise again
@@ -1121,6 +1120,8 @@ def _planned_forward(model, x):
                 m._no_grad_forward = True
             plan.grad_forwards = _grad_forwards[0]
         return plan.run(x)
+    if x.dtype.char not in "fd" or x.size == 0:
+        return None
     modules = [m for _, m in model.named_modules()]
     if any(type(m) not in PLAN_SAFE_MODULES and not getattr(type(m), "plan_safe", False) for m in modules):
         plans[key] = None
