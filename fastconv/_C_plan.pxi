@@ -74,6 +74,18 @@ cdef inline bint _within(const char *p, const char *lo, const char *hi) noexcept
     return p != NULL and lo <= p and p < hi
 
 
+cdef inline void _plan_operands(const plan_call *c, Py_ssize_t shift_in, Py_ssize_t shift_out,
+                                char **q) noexcept nogil:
+    """c's pointers for this replay: those into the recorded input or output moved to the new ones."""
+    cdef int s
+    for s in range(PLAN_NPTR):
+        q[s] = c.p[s]
+        if c.base[s] == PLAN_IN_INPUT:
+            q[s] = q[s] + shift_in
+        elif c.base[s] == PLAN_IN_OUTPUT:
+            q[s] = q[s] + shift_out
+
+
 cdef int _plan_run_call(const fc_context *ctx, const plan_call *c, char **q) noexcept nogil:
     """One recorded call on the operands q (c.p moved to this replay's input and output)."""
     cdef int s, err = FC_OK
@@ -381,17 +393,12 @@ cdef class InferencePlan:
         cdef fc_context ctx = fc_context_default()
         cdef char *q[PLAN_NPTR]
         cdef Py_ssize_t i
-        cdef int s, err = FC_OK
+        cdef int err = FC_OK
         self.busy = True
         try:
             with nogil:
                 for i in range(self.n):
-                    for s in range(PLAN_NPTR):
-                        q[s] = self.calls[i].p[s]
-                        if self.calls[i].base[s] == PLAN_IN_INPUT:
-                            q[s] = q[s] + shift_in
-                        elif self.calls[i].base[s] == PLAN_IN_OUTPUT:
-                            q[s] = q[s] + shift_out
+                    _plan_operands(&self.calls[i], shift_in, shift_out, q)
                     err = _plan_run_call(&ctx, &self.calls[i], q)
                     if err != FC_OK:
                         break
@@ -417,16 +424,11 @@ cdef class InferencePlan:
         cdef fc_context ctx = fc_context_default()
         cdef char *q[PLAN_NPTR]
         cdef Py_ssize_t i
-        cdef int s, r
+        cdef int r
         cdef const fc_conv2d_desc *d
         result = []
         for i in range(self.n):
-            for s in range(PLAN_NPTR):
-                q[s] = self.calls[i].p[s]
-                if self.calls[i].base[s] == PLAN_IN_INPUT:
-                    q[s] = q[s] + shift_in
-                elif self.calls[i].base[s] == PLAN_IN_OUTPUT:
-                    q[s] = q[s] + shift_out
+            _plan_operands(&self.calls[i], shift_in, shift_out, q)
             samples = []
             for r in range(repeats):
                 t0 = time.perf_counter()

@@ -257,6 +257,15 @@ class Module:
             w.flags.writeable = False
             self._locked_params.append(w)
 
+    def _prepared_for(self, w, key, make):
+        """prepare_inference's copy of weight array w, make()'s result: made again when w (the array itself) or
+        key (what else it depends on) changes; w stays read-only meanwhile."""
+        cached = self.__dict__.get("_prepared")
+        if cached is None or cached[0] is not w or cached[1] != key:
+            self._lock_for_inference(w)
+            cached = self._prepared = (w, key, make())
+        return cached[2]
+
     def release_inference(self):
         """Undo prepare_inference: drop the prepared weights and make the parameters writable again (the mode
         stays as it is). Returns self."""
@@ -384,13 +393,8 @@ class Conv2d(Module):
         shape (bar the batch), the arch or the Winograd settings change."""
         w = self.params["weight"]
         key = (x.shape[1:], x.dtype, _C.current_arch(), _C.conv2d_winograd_mode(), _C.conv2d_winograd_tile())
-        cached = self.__dict__.get("_prepared")
-        if cached is None or cached[0] is not w or cached[1] != key:
-            self._lock_for_inference(w)
-            cached = (w, key, F.conv2d_prepare_weights(w, x.shape, self.stride, self.padding, self.dilation,
-                                                       self.groups))
-            self._prepared = cached
-        return cached[2]
+        return self._prepared_for(w, key, lambda: F.conv2d_prepare_weights(w, x.shape, self.stride, self.padding,
+                                                                           self.dilation, self.groups))
 
     def forward_inference(self, x, bn=None, residual=None, relu=False, out=None, pool_input=False):
         """Inference: this convolution, then `bn` (a BatchNorm2d in eval mode, or None), + `residual` (None or an
@@ -487,13 +491,10 @@ class Linear(Module):
         if not self.__dict__.get("_inference_prepared", False) or w.size >= self.PREPARED_MAX_WEIGHTS or \
                 not x.flags.c_contiguous or not w.flags.c_contiguous:
             return F.linear(x, w, b, relu=relu)
-        key = (x.shape[1], x.dtype, _C.current_arch())
-        cached = self.__dict__.get("_prepared")
-        if cached is None or cached[0] is not w or cached[1] != key:
-            self._lock_for_inference(w)
-            w4 = w.reshape(w.shape + (1, 1))
-            cached = self._prepared = (w, key, w4, F.conv2d_prepare_weights(w4, (1, x.shape[1], 1, 1)))
-        y = F.conv2d(x.reshape(x.shape + (1, 1)), cached[2], b, relu=relu, prepared=cached[3])
+        w4 = w.reshape(w.shape + (1, 1))
+        prepared = self._prepared_for(w, (x.shape[1], x.dtype, _C.current_arch()),
+                                      lambda: F.conv2d_prepare_weights(w4, (1, x.shape[1], 1, 1)))
+        y = F.conv2d(x.reshape(x.shape + (1, 1)), w4, b, relu=relu, prepared=prepared)
         return y.reshape(y.shape[:2])
 
     # below this many weights F.linear packs them for the GEMM at every batch size (the dot products take larger
@@ -1094,7 +1095,7 @@ class CrossEntropyLoss:
 
 # ------------------------------------------------------------------------------------------------- inference plans
 
-INFERENCE_PLAN_MAX_BYTES = 64 << 20  # activations a plan may keep (ResNet-50's at batch 1 take 52 MB)
+INFERENCE_PLAN_MAX_BYTES = 64 << 20  # activations a plan may keep (ResNet-50's at batch 1 take 41 MiB)
 INFERENCE_PLANS_PER_MODULE = 4  # input shapes with a plan each, the oldest dropped first
 # modules whose no_grad() forward computes only through the kernels a plan records (or through a neighbour's,
 # fused): a model holding any other module runs layer by layer
