@@ -19,6 +19,10 @@
 #include "fastconv/threads.h"
 
 static int num_threads = 0; /* 0 = not initialized yet */
+/* A count for the calling thread alone (0: the process-wide one): an inference plan records the forward of each
+ * thread's share of a batch with the one-thread kernels it will replay on that thread, while other threads keep
+ * the process-wide count. */
+static _Thread_local int this_thread_threads = 0;
 static const char *source = "default (CPUs available)";
 
 /* GNU OpenMP's thread pool does not survive fork(): a child that opens a parallel region after its parent ran one
@@ -82,8 +86,14 @@ int fc_get_num_threads(void) {
 #ifndef _OPENMP
     return 1;
 #else
-    return num_threads;
+    return this_thread_threads > 0 && !forked_child ? this_thread_threads : num_threads;
 #endif
+}
+
+int fc_set_this_thread_num_threads(int n) {
+    int old = this_thread_threads;
+    this_thread_threads = n < 0 ? 0 : n;
+    return old;
 }
 
 int fc_set_num_threads(int n) {
@@ -114,4 +124,18 @@ int fc_team_size(const fc_context *ctx, int64_t items, int64_t work, int64_t min
     if (t > items) t = items < 1 ? 1 : items;
     if (t > 1) fc_note_parallel_region();
     return (int)t;
+}
+
+int fc_run_parts(int parts, int (*run)(void *arg, int part), void *arg) {
+    int err = FC_OK;
+    if (parts > 1) fc_note_parallel_region();
+#pragma omp parallel for num_threads(parts) if (parts > 1) schedule(static, 1)
+    for (int part = 0; part < parts; part++) {
+        int e = run(arg, part);
+        if (e != FC_OK) {
+#pragma omp atomic write
+            err = e;
+        }
+    }
+    return err;
 }

@@ -29,6 +29,8 @@ cdef extern from "fastconv/threads.h" nogil:
     int fc_have_openmp()
     int fc_get_num_threads()
     int fc_set_num_threads(int n)
+    int fc_set_this_thread_num_threads(int n)
+    int fc_run_parts(int parts, int (*run)(void *arg, int part) noexcept nogil, void *arg)
     const char *fc_num_threads_source()
     int fc_cpu_count()
 

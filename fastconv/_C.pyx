@@ -78,6 +78,12 @@ def set_num_threads(int n):
     return fc_set_num_threads(n)
 
 
+def set_this_thread_num_threads(int n):
+    """n >= 1: the kernels called from this thread use n threads, whatever the process-wide count; 0: back to the
+    process-wide count. Returns the previous setting (0: none)."""
+    return fc_set_this_thread_num_threads(n)
+
+
 def num_threads_source():
     return fc_num_threads_source().decode()
 

@@ -229,6 +229,7 @@ cdef class InferencePlan:
     cdef char *out_hi
     cdef object x_shape, x_dtype, out_shape, out_dtype, view_shape, view_strides
     cdef Py_ssize_t view_offset
+    cdef bint view_whole  # the result is its whole array, C-contiguous (maybe in another shape)
     cdef int64_t max_bytes, written_bytes
     cdef bint recording, finished, busy
     cdef public object reason
@@ -356,7 +357,9 @@ cdef class InferencePlan:
         self.out_hi = self.out_lo + nbytes
         self.out_shape, self.out_dtype = owner.shape, owner.dtype
         self.view_shape, self.view_strides = y.shape, y.strides
-        self.view_offset = _data(y) - self.out_lo if y.size else 0
+        # the result may be a strided view of its array (no buffer of its own): its address from the interface
+        self.view_offset = y.__array_interface__["data"][0] - <size_t>self.out_lo if y.size else 0
+        self.view_whole = y.flags.c_contiguous and y.size == owner.size and self.view_offset == 0
         for i in range(self.n):
             for s in range(PLAN_NPTR):
                 if _within(self.calls[i].p[s], self.x_lo, self.x_hi):
@@ -440,6 +443,119 @@ cdef class InferencePlan:
                 kind += f" {d.n}x{d.c}x{d.h}x{d.w} -> {d.f} {d.kh}x{d.kw}/{d.sh}"
             result.append((kind, float(np.median(samples))))
         return result
+
+
+cdef struct _parts_job:
+    const fc_context *ctx
+    const plan_call **calls   # each part's recorded calls
+    const Py_ssize_t *ncalls
+    const Py_ssize_t *shift_in
+    const Py_ssize_t *shift_out
+
+
+cdef int _run_part(void *arg, int part) noexcept nogil:
+    cdef _parts_job *job = <_parts_job *>arg
+    cdef char *q[PLAN_NPTR]
+    cdef Py_ssize_t i
+    cdef int err
+    for i in range(job.ncalls[part]):
+        _plan_operands(&job.calls[part][i], job.shift_in[part], job.shift_out[part], q)
+        err = _plan_run_call(job.ctx, &job.calls[part][i], q)
+        if err != FC_OK:
+            return err
+    return FC_OK
+
+
+cdef class SplitInferencePlan:
+    """A batch's inference forward as one InferencePlan per thread, each recorded with one-thread kernels on its
+    share of the images (the first dimension) and replayed on its own thread, all at once.
+
+    For a small network the thread team of each layer costs more than it saves (a LeNet-5 layer at batch 8 runs in
+    microseconds, and every layer would wake the team and wait for it); splitting the images instead keeps both
+    threads busy through the whole forward with no wait between layers. Each image's bits are those of the
+    one-thread forward of its share. ``SplitInferencePlan(parts)``: usable plans recorded on consecutive equal
+    shares whose outputs are whole arrays with the images first (ValueError otherwise); ``run(x)`` takes the
+    whole batch."""
+    cdef list parts_list
+    cdef object x_shape, x_dtype, out_shape
+    cdef bint busy
+    cdef public object modules, grad_forwards  # for fastconv.nn, as InferencePlan's
+
+    def __init__(self, parts):
+        parts = list(parts)
+        if not parts or not all(isinstance(part, InferencePlan) and part.usable for part in parts):
+            raise ValueError("SplitInferencePlan takes one or more usable InferencePlans")
+        cdef InferencePlan first = parts[0], p
+        for p in parts:
+            if p.x_shape != first.x_shape or p.x_dtype != first.x_dtype or p.out_shape != first.out_shape or \
+                    p.out_dtype != first.out_dtype:
+                raise ValueError("the parts of a SplitInferencePlan must be recorded on the same input shape")
+            # the result may view its array in another shape (a dense layer's (n, f, 1, 1) output as (n, f))
+            if p.view_offset != 0 or len(p.x_shape) < 1 or len(p.view_shape) < 1 or \
+                    p.view_shape[0] != p.x_shape[0] or not p.view_whole:
+                raise ValueError("a SplitInferencePlan needs results that are whole C-contiguous arrays, images "
+                                 "first")
+        self.parts_list = parts
+        self.x_shape = (len(parts) * first.x_shape[0],) + tuple(first.x_shape[1:])
+        self.x_dtype = first.x_dtype
+        self.out_shape = (len(parts) * first.view_shape[0],) + tuple(first.view_shape[1:])
+
+    @property
+    def usable(self):
+        return True
+
+    @property
+    def parts(self):
+        return list(self.parts_list)
+
+    @property
+    def num_calls(self):
+        return sum(p.num_calls for p in self.parts_list)
+
+    @property
+    def activation_bytes(self):
+        return sum(p.activation_bytes for p in self.parts_list)
+
+    def run(self, x):
+        """The forward on x (the whole batch, C-contiguous, of the recorded dtype): a new array, or None while
+        another thread replays this plan."""
+        if not isinstance(x, np.ndarray) or x.shape != self.x_shape or x.dtype != self.x_dtype or \
+                not x.flags.c_contiguous:
+            raise ValueError(f"the plan was recorded for a C-contiguous {self.x_dtype} input of shape "
+                             f"{self.x_shape}, got {getattr(x, 'dtype', type(x).__name__)} "
+                             f"{getattr(x, 'shape', '')}")
+        if self.busy:
+            return None
+        cdef int nparts = len(self.parts_list), t
+        cdef InferencePlan p = self.parts_list[0]
+        out = np.empty(self.out_shape, p.out_dtype)
+        cdef char *x_new = _data(x)
+        cdef char *out_new = _data(out)
+        cdef Py_ssize_t x_step = x.nbytes // nparts, out_step = out.nbytes // nparts
+        cdef const plan_call *calls[64]
+        cdef Py_ssize_t ncalls[64]
+        cdef Py_ssize_t shift_in[64]
+        cdef Py_ssize_t shift_out[64]
+        if nparts > 64:
+            raise ValueError("a SplitInferencePlan has at most 64 parts")
+        for t in range(nparts):
+            p = self.parts_list[t]
+            calls[t], ncalls[t] = p.calls, p.n
+            shift_in[t] = x_new + t * x_step - p.x_lo
+            shift_out[t] = out_new + t * out_step - p.out_lo
+        cdef fc_context ctx = fc_context_default()
+        ctx.num_threads = 1  # each part runs the one-thread kernels it was recorded with
+        cdef _parts_job job
+        job.ctx, job.calls, job.ncalls, job.shift_in, job.shift_out = &ctx, calls, ncalls, shift_in, shift_out
+        cdef int err
+        self.busy = True
+        try:
+            with nogil:
+                err = fc_run_parts(nparts, _run_part, &job)
+        finally:
+            self.busy = False
+        check(err)
+        return out
 
 
 # ---------------------------------------------------------------- fully connected layers

@@ -6,6 +6,7 @@ import threading
 import numpy as np
 import pytest
 
+import fastconv
 import fastconv.functional as F
 import fastconv.nn as nn
 from fastconv import _C, models
@@ -239,3 +240,103 @@ def test_no_plan_where_numpy_fills_part_of_a_recorded_array(rng):
         got = model(x2)
     np.testing.assert_array_equal(got, layer_by_layer(model, x2))
     assert list(plans_of(model).values()) == [None]
+
+
+def one_thread_shares(model, x, parts):
+    """The one-thread layer-by-layer forward of each of `parts` equal shares of x's images, stacked: what a split
+    plan's replay must give bit for bit."""
+    share = x.shape[0] // parts
+    with fastconv.threads(1):
+        return np.concatenate([layer_by_layer(model, x[k * share:(k + 1) * share]) for k in range(parts)])
+
+
+@pytest.mark.parametrize("threads, batch", [(2, 8), (2, 2), (3, 6)])
+def test_split_plan_runs_each_threads_share(rng, threads, batch):
+    """A small network on several threads replays one plan per thread, each over its share of the images."""
+    model = models.get_model("lenet5").prepare_inference()
+    x = rng.standard_normal((batch,) + model.input_shape).astype(np.float32)
+    x2 = rng.standard_normal(x.shape).astype(np.float32)
+    with fastconv.threads(threads), nn.no_grad():
+        first = model(x)
+        (plan,) = plans_of(model).values()
+        assert isinstance(plan, _C.SplitInferencePlan) and len(plan.parts) == threads
+        assert plan.num_calls == sum(p.num_calls for p in plan.parts) >= threads * 5
+        got, again = model(x2), model(x2)
+        whole = layer_by_layer(model, x2)
+    np.testing.assert_array_equal(first, one_thread_shares(model, x, threads))
+    np.testing.assert_array_equal(got, one_thread_shares(model, x2, threads))
+    np.testing.assert_array_equal(again, got)
+    assert not np.shares_memory(got, again)
+    np.testing.assert_allclose(got, whole, rtol=1e-5, atol=1e-6)  # the whole batch's forward, to rounding
+
+
+def test_split_plan_every_layer_kind_one_image_per_thread(rng):
+    model = small_net(rng, np.float64).prepare_inference()
+    x = rng.standard_normal((4, 3, 17, 19))
+    with fastconv.threads(4), nn.no_grad():
+        model(x)
+        (plan,) = plans_of(model).values()
+        assert isinstance(plan, _C.SplitInferencePlan) and len(plan.parts) == 4
+        x2 = rng.standard_normal(x.shape)
+        got = model(x2)
+    np.testing.assert_array_equal(got, one_thread_shares(model, x2, 4))
+
+
+def test_when_a_batch_is_not_split(rng, monkeypatch):
+    model = models.get_model("lenet5").prepare_inference()
+
+    def plan_for(batch, threads):
+        x = rng.standard_normal((batch,) + model.input_shape).astype(np.float32)
+        with fastconv.threads(threads), nn.no_grad():
+            got = model(x)
+            np.testing.assert_array_equal(got, layer_by_layer(model, x))
+            return plans_of(model)[(x.shape, "f", _C.plan_settings())]
+    assert type(plan_for(7, 2)) is _C.InferencePlan  # the thread count does not divide the batch
+    assert type(plan_for(1, 2)) is _C.InferencePlan
+    assert type(plan_for(8, 1)) is _C.InferencePlan
+    monkeypatch.setattr(nn, "INFERENCE_SPLIT_MAX_WEIGHTS", model.num_parameters() - 1)  # too many weights
+    model.release_inference()
+    model.prepare_inference()
+    assert type(plan_for(4, 2)) is _C.InferencePlan
+
+
+def test_split_inference_plan_api(rng):
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+
+    def recorded(x, forward):
+        plan = _C.InferencePlan(x, 1 << 20)
+        assert plan.start()
+        y = forward(x)
+        plan.finish(y)
+        assert plan.usable
+        return plan
+    x = rng.standard_normal((4, 2, 6, 6)).astype(np.float32)
+    conv = lambda v: F.conv2d(v, w, relu=True)  # noqa: E731
+    split = _C.SplitInferencePlan([recorded(x[:2], conv), recorded(x[2:], conv)])
+    x2 = rng.standard_normal(x.shape).astype(np.float32)
+    np.testing.assert_array_equal(split.run(x2), conv(x2))
+    with pytest.raises(ValueError, match="recorded for"):
+        split.run(x2[:2])
+    with pytest.raises(ValueError, match="usable"):
+        _C.SplitInferencePlan([])
+    with pytest.raises(ValueError, match="same input shape"):
+        _C.SplitInferencePlan([recorded(x[:2], conv), recorded(x[:1], conv)])
+    # a result that is a strided view of its array replays as such, but cannot be stacked
+    view_plan = recorded(x[:2], lambda v: conv(v)[:, 1:])
+    np.testing.assert_array_equal(view_plan.run(x2[:2]), conv(x2[:2])[:, 1:])
+    with pytest.raises(ValueError, match="whole"):
+        _C.SplitInferencePlan([view_plan])
+
+
+def test_this_thread_num_threads_is_per_thread():
+    seen = []
+    with fastconv.threads(3):
+        previous = _C.set_this_thread_num_threads(1)
+        try:
+            assert _C.get_num_threads() == 1
+            worker = threading.Thread(target=lambda: seen.append(_C.get_num_threads()))
+            worker.start()
+            worker.join()
+        finally:
+            assert _C.set_this_thread_num_threads(previous) == 1
+        assert seen == [3] and _C.get_num_threads() == 3
