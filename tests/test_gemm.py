@@ -246,6 +246,30 @@ def test_few_last_columns_match_the_wide_kernels_bit_for_bit(arch, nthreads, dty
     assert np.all(np.abs(narrow - want) <= 4 * k * np.finfo(dtype).eps * bound)
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+@pytest.mark.parametrize("layout", ["view", "contiguous", "transposed"])
+def test_products_of_one_to_four_columns_match_the_wide_kernels_bit_for_bit(arch, nthreads, dtype, n, layout, rng):
+    """A whole product of 1-4 columns (a dense layer at batch 1-4: B is the images, read in place or packed
+    compactly for the narrow kernel on some archs), two depth blocks with beta accumulating between them: each
+    column equals bit for bit the same column inside a wide product, and is within rounding of float64."""
+    m, k = 75, 400
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, n + 16)).astype(dtype)
+    c0 = rng.standard_normal((m, n + 16)).astype(dtype)
+    few = c0[:, :n].copy()
+    if layout == "transposed":  # B^T's rows contiguous: a dense layer's images
+        fastconv.gemm(a, np.ascontiguousarray(b[:, :n].T), few, trans_b=True, alpha=2.0, beta=-1.0)
+    else:
+        fastconv.gemm(a, b[:, :n] if layout == "view" else np.ascontiguousarray(b[:, :n]), few, alpha=2.0,
+                      beta=-1.0)
+    wide = c0.copy()
+    fastconv.gemm(a, b, wide, alpha=2.0, beta=-1.0)
+    np.testing.assert_array_equal(few, wide[:, :n])
+    want = 2.0 * (a.astype(np.float64) @ b[:, :n].astype(np.float64)) - c0[:, :n]
+    bound = 2.0 * (np.abs(a.astype(np.float64)) @ np.abs(b[:, :n].astype(np.float64))) + np.abs(c0[:, :n])
+    assert np.all(np.abs(few - want) <= 4 * k * np.finfo(dtype).eps * bound)
+
+
 @pytest.mark.parametrize("dim", ["m", "k", "n"])
 def test_cache_block_edges_exact(arch, nthreads, dtype, dim, rng):
     """MC-1, MC, MC+1, 2MC+1 rows; KC-1 .. 2KC+1 depth (more than one K block: the second accumulates into C);

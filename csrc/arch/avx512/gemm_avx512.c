@@ -188,18 +188,25 @@ static inline void store_wide_n_epi32(int64_t *p, __m512i v, int64_t n) {
  * pixel). Here a vector holds one A micro-panel's 8 rows (8 floats: a ymm; 8 doubles: a zmm), NARROW_G micro-panels
  * at once, one broadcast of B per column and step. Each sum is the micro-kernel's: one fused multiply-add of the
  * same product per step, from zero, in the same order, so a column's values do not depend on which kernel ran. */
-#define NARROW_G 4
+#define NARROW_G 8 /* micro-panels at once: up to 8 for one or two columns, 4 for three or four (16 sums) */
+#define NARROW_CASE(PFX, nc, ng)                                                                                 \
+    case ((nc) - 1) * NARROW_G + (ng) - 1: PFX##narrow_body(nc, ng, k, a, b, ldb, alpha, out, ldo); break;
+#define NARROW_CASES_8(PFX, nc)                                                                                  \
+    NARROW_CASE(PFX, nc, 1) NARROW_CASE(PFX, nc, 2) NARROW_CASE(PFX, nc, 3) NARROW_CASE(PFX, nc, 4)            \
+    NARROW_CASE(PFX, nc, 5) NARROW_CASE(PFX, nc, 6) NARROW_CASE(PFX, nc, 7) NARROW_CASE(PFX, nc, 8)
+#define NARROW_CASES_4(PFX, nc)                                                                                  \
+    NARROW_CASE(PFX, nc, 1) NARROW_CASE(PFX, nc, 2) NARROW_CASE(PFX, nc, 3) NARROW_CASE(PFX, nc, 4)
 #define DEFINE_NARROW(T, PFX, V, SETZERO, SET1, LOADU, STOREU, FMADD, MUL)                                        \
     static inline __attribute__((always_inline)) void PFX##narrow_body(                                         \
         const int nc, const int ng, int64_t k, const T *FC_RESTRICT a, const T *FC_RESTRICT b, int64_t ldb,       \
         T alpha, T *FC_RESTRICT out, int64_t ldo) {                                                              \
         V acc[NARROW_G][FC_NARROW_COLS];                                                                          \
-        _Pragma("GCC unroll 4") for (int g = 0; g < ng; g++)                                                      \
+        _Pragma("GCC unroll 8") for (int g = 0; g < ng; g++)                                                      \
             _Pragma("GCC unroll 4") for (int j = 0; j < nc; j++) acc[g][j] = SETZERO();                          \
         for (int64_t p = 0; p < k; p++) {                                                                         \
             _Pragma("GCC unroll 4") for (int j = 0; j < nc; j++) {                                                \
                 const V bj = SET1(b[p * ldb + j]);                                                                \
-                _Pragma("GCC unroll 4") for (int g = 0; g < ng; g++)                                              \
+                _Pragma("GCC unroll 8") for (int g = 0; g < ng; g++)                                              \
                     acc[g][j] = FMADD(LOADU(a + (int64_t)g * 8 * k + p * 8), bj, acc[g][j]);                      \
             }                                                                                                     \
         }                                                                                                         \
@@ -213,25 +220,15 @@ static inline void store_wide_n_epi32(int64_t *p, __m512i v, int64_t n) {
     void fc_##PFX##gemm_ukr_avx512_narrow(int64_t k, const T *FC_RESTRICT a, int64_t ntr, const T *FC_RESTRICT b, \
                                           int64_t ldb, int ncols, T alpha, T *FC_RESTRICT out, int64_t ldo) {     \
         if (ncols < 1 || ncols > FC_NARROW_COLS) return;                                                          \
-        for (int64_t t = 0; t < ntr; t += NARROW_G, a += NARROW_G * 8 * k, out += NARROW_G * 8 * ldo) {          \
-            const int ng = ntr - t < NARROW_G ? (int)(ntr - t) : NARROW_G;                                        \
+        const int g_max = ncols <= 2 ? NARROW_G : 4; /* 16 accumulators at most */                               \
+        for (int64_t t = 0; t < ntr; t += g_max, a += g_max * 8 * k, out += g_max * 8 * ldo) {                    \
+            const int ng = ntr - t < g_max ? (int)(ntr - t) : g_max;                                              \
             switch ((ncols - 1) * NARROW_G + ng - 1) {                                                            \
-            case 0: PFX##narrow_body(1, 1, k, a, b, ldb, alpha, out, ldo); break;                                 \
-            case 1: PFX##narrow_body(1, 2, k, a, b, ldb, alpha, out, ldo); break;                                 \
-            case 2: PFX##narrow_body(1, 3, k, a, b, ldb, alpha, out, ldo); break;                                 \
-            case 3: PFX##narrow_body(1, 4, k, a, b, ldb, alpha, out, ldo); break;                                 \
-            case 4: PFX##narrow_body(2, 1, k, a, b, ldb, alpha, out, ldo); break;                                 \
-            case 5: PFX##narrow_body(2, 2, k, a, b, ldb, alpha, out, ldo); break;                                 \
-            case 6: PFX##narrow_body(2, 3, k, a, b, ldb, alpha, out, ldo); break;                                 \
-            case 7: PFX##narrow_body(2, 4, k, a, b, ldb, alpha, out, ldo); break;                                 \
-            case 8: PFX##narrow_body(3, 1, k, a, b, ldb, alpha, out, ldo); break;                                 \
-            case 9: PFX##narrow_body(3, 2, k, a, b, ldb, alpha, out, ldo); break;                                 \
-            case 10: PFX##narrow_body(3, 3, k, a, b, ldb, alpha, out, ldo); break;                                \
-            case 11: PFX##narrow_body(3, 4, k, a, b, ldb, alpha, out, ldo); break;                                \
-            case 12: PFX##narrow_body(4, 1, k, a, b, ldb, alpha, out, ldo); break;                                \
-            case 13: PFX##narrow_body(4, 2, k, a, b, ldb, alpha, out, ldo); break;                                \
-            case 14: PFX##narrow_body(4, 3, k, a, b, ldb, alpha, out, ldo); break;                                \
-            default: PFX##narrow_body(4, 4, k, a, b, ldb, alpha, out, ldo); break;                                \
+                NARROW_CASES_8(PFX, 1)                                                                            \
+                NARROW_CASES_8(PFX, 2)                                                                            \
+                NARROW_CASES_4(PFX, 3)                                                                            \
+                NARROW_CASES_4(PFX, 4)                                                                            \
+            default: break;                                                                                       \
             }                                                                                                     \
         }                                                                                                         \
     }
@@ -241,6 +238,9 @@ DEFINE_NARROW(float, s, __m256, _mm256_setzero_ps, _mm256_set1_ps, _mm256_loadu_
 DEFINE_NARROW(double, d, __m512d, _mm512_setzero_pd, _mm512_set1_pd, _mm512_loadu_pd, _mm512_storeu_pd,
               _mm512_fmadd_pd, _mm512_mul_pd)
 #undef DEFINE_NARROW
+#undef NARROW_CASES_4
+#undef NARROW_CASES_8
+#undef NARROW_CASE
 #undef NARROW_G
 
 const fc_arch fc_arch_avx512 = {
