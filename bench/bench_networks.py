@@ -272,7 +272,7 @@ def run_network(name, plan, threads, budget, use_torch, use_onnx, records, check
                     cell = {}
                     for lib, t in timings.items():
                         cell[lib] = {"net": name, "mode": mode, "batch": batch, "threads": n, "lib": lib,
-                                     "samples_ms": [1e3 * s for s in t.samples], "median_ms": t.median_ms,
+                                     **sample_summary(t.samples), "median_ms": t.median_ms,
                                      "images_per_s": batch / t.median, "gflops": flop / t.median / 1e9,
                                      "load_1m": (load_average() or [None])[0]}
                         records.append(cell[lib])
@@ -285,6 +285,19 @@ def run_network(name, plan, threads, budget, use_torch, use_onnx, records, check
     del net
     gc.collect()
     return info
+
+
+MAX_SAMPLES_KEPT = 200  # a LeNet-5 cell times ~40,000 calls in its second: the JSON keeps an even spread of them
+
+
+def sample_summary(samples):
+    """The JSON's record of one cell's timed calls: their count, quartiles and extremes (ms), and at most
+    MAX_SAMPLES_KEPT of them, evenly spaced in call order, to 4 significant digits."""
+    ms = sorted(1e3 * s for s in samples)
+    step = max(1, -(-len(samples) // MAX_SAMPLES_KEPT))
+    quartile = lambda q: ms[min(len(ms) - 1, int(q * (len(ms) - 1) + 0.5))]  # noqa: E731
+    return {"calls": len(ms), "min_ms": ms[0], "q1_ms": quartile(0.25), "q3_ms": quartile(0.75), "max_ms": ms[-1],
+            "samples_ms": [float(f"{1e3 * s:.4g}") for s in samples[::step]]}
 
 
 def print_checks(checks):
@@ -345,7 +358,7 @@ def parse_args(argv, prog=None):
     p.add_argument("--layers", nargs="?", const="default", metavar="NAMES",
                    help="also run bench_layers.py's per-layer table (optionally only the comma-separated layers "
                         "and memory ops NAMES)")
-    p.add_argument("--json", metavar="PATH", help="write every sample, the checks and the environment to PATH")
+    p.add_argument("--json", metavar="PATH", help="write each cell's timing summary (with up to 200 of its samples), the checks and the environment to PATH")
     p.add_argument("--md", metavar="PATH", help="write the markdown report to PATH (bench/report.py)")
     p.add_argument("--png", metavar="PATH", help="write the bar chart of the ratios to PATH (needs matplotlib)")
     args = p.parse_args(argv)

@@ -485,6 +485,8 @@ cdef class SplitInferencePlan:
         parts = list(parts)
         if not parts or not all(isinstance(part, InferencePlan) and part.usable for part in parts):
             raise ValueError("SplitInferencePlan takes one or more usable InferencePlans")
+        if len(parts) > 64:
+            raise ValueError(f"a SplitInferencePlan has at most 64 parts, got {len(parts)}")
         cdef InferencePlan first = parts[0], p
         for p in parts:
             if p.x_shape != first.x_shape or p.x_dtype != first.x_dtype or p.out_shape != first.out_shape or \
@@ -536,8 +538,6 @@ cdef class SplitInferencePlan:
         cdef Py_ssize_t ncalls[64]
         cdef Py_ssize_t shift_in[64]
         cdef Py_ssize_t shift_out[64]
-        if nparts > 64:
-            raise ValueError("a SplitInferencePlan has at most 64 parts")
         for t in range(nparts):
             p = self.parts_list[t]
             calls[t], ncalls[t] = p.calls, p.n

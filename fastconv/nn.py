@@ -1138,7 +1138,7 @@ def _planned_forward(model, x):
         return None
     threads = settings[1]
     plan = y = None
-    if threads > 1 and x.ndim >= 1 and x.shape[0] >= threads and x.shape[0] % threads == 0 and \
+    if 1 < threads <= 64 and x.ndim >= 1 and x.shape[0] >= threads and x.shape[0] % threads == 0 and \
             model.num_parameters() <= INFERENCE_SPLIT_MAX_WEIGHTS:
         plan, y = _record_split_plan(model, x, threads)
     if plan is None:

@@ -260,3 +260,20 @@ def test_report_writes_markdown_and_png(tmp_path):
     with open(png, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert "](img/chart.png)" in open(md).read()
+
+
+def test_bench_json_keeps_a_summary_and_a_spread_of_the_samples():
+    from bench_networks import MAX_SAMPLES_KEPT, sample_summary
+    rng = np.random.default_rng(3)
+    samples = list(rng.uniform(1e-5, 3e-5, 40_001))  # seconds, as a LeNet-5 cell times them
+    got = sample_summary(samples)
+    ms = np.array(samples) * 1e3
+    assert got["calls"] == len(samples)
+    assert got["min_ms"] == ms.min() and got["max_ms"] == ms.max()
+    for key, q in (("q1_ms", 25), ("q3_ms", 75)):
+        assert abs(got[key] - np.percentile(ms, q)) <= 1e-3 * np.percentile(ms, q)
+    kept = got["samples_ms"]
+    assert len(kept) <= MAX_SAMPLES_KEPT and len(kept) >= MAX_SAMPLES_KEPT // 2
+    np.testing.assert_allclose(kept, ms[::-(-len(ms) // MAX_SAMPLES_KEPT)], rtol=1e-3)  # in call order
+    few = sample_summary([2e-3, 1e-3, 3e-3])
+    assert few["samples_ms"] == [2.0, 1.0, 3.0] and few["calls"] == 3 and (few["min_ms"], few["max_ms"]) == (1.0, 3.0)
