@@ -358,7 +358,8 @@ def parse_args(argv, prog=None):
     p.add_argument("--layers", nargs="?", const="default", metavar="NAMES",
                    help="also run bench_layers.py's per-layer table (optionally only the comma-separated layers "
                         "and memory ops NAMES)")
-    p.add_argument("--json", metavar="PATH", help="write each cell's timing summary (with up to 200 of its samples), the checks and the environment to PATH")
+    p.add_argument("--json", metavar="PATH", help="write each cell's timing summary (with up to 200 of its samples), "
+                   "the checks and the environment to PATH")
     p.add_argument("--md", metavar="PATH", help="write the markdown report to PATH (bench/report.py)")
     p.add_argument("--png", metavar="PATH", help="write the bar chart of the ratios to PATH (needs matplotlib)")
     args = p.parse_args(argv)
