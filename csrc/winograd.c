@@ -34,12 +34,26 @@ int fc_conv2d_winograd_tile(void) { return winograd_tile; }
 /* F(4x4, 3x3) does 1.78x fewer multiplications, but its transforms work on whole vectors of tiles along one tile
  * row: with fewer tiles per row than lanes the rest of the vector is computed in vain. Measured against F(2x2)
  * (interleaved, batch 4-16, 1 and 2 threads): 1.06-1.42x at 56x56 (VGG conv3_1, ResNet's 64 filters), 1.05-1.15x
- * at 28x28 and 27x27 (AlexNet's conv2 on its shifted copies); 0.8-1.05x at 14x14, 13x13 and 7x7. */
+ * at 28x28 and 27x27 (AlexNet's conv2 on its shifted copies). Narrower layers take F(4x4) on enough tiles: each
+ * of its 36 transformed weight matrices (2.25x F(2x2)'s 16) is streamed once per call for all the tiles, so on
+ * few tiles the weights' traffic decides. Measured with prepared weights (in-process, interleaved, 1 and 2
+ * threads): from 32 tiles of 4x4 1.04-1.38x (14x14 at batch 2-8: 256 and 512 channels; 7x7 at batch 8: 160 -> 320
+ * and 512); on 16 tiles 1.14-1.41x where the transformed weights are small (96 -> 208, 128 -> 256, 256 -> 256 at
+ * 14x14 and 256 -> 384 at 13x13, batch 1) but 0.85-0.95x for 512 -> 512 (14x14 at batch 1, 7x7 at batch 4); on 4-8
+ * tiles (7x7 at batch 1-2) 0.43-0.5x. */
 #define FC_WINOGRAD4_MIN_WIDTH 24
+#define FC_WINOGRAD4_MIN_TILES 32
+#define FC_WINOGRAD4_FEW_TILES 16
+#define FC_WINOGRAD4_FEW_TILES_MAX_WEIGHTS ((int64_t)1 << 22) /* 36 x channels x filters */
 
 int fc_conv2d_winograd_tile_for(const fc_conv2d_desc *d) {
     if (winograd_tile != FC_CONV_WINOGRAD_TILE_AUTO) return winograd_tile;
-    return d->ow >= FC_WINOGRAD4_MIN_WIDTH ? 4 : 2;
+    if (d->ow >= FC_WINOGRAD4_MIN_WIDTH) return 4;
+    int64_t tiles4 = d->n * ((d->oh + 3) / 4) * ((d->ow + 3) / 4); /* no overflow: prepare checked n*oh*ow */
+    if (tiles4 >= FC_WINOGRAD4_MIN_TILES) return 4;
+    int64_t weights4;
+    if (fc_mul_overflow(36 * (d->c / (d->groups > 0 ? d->groups : 1)), d->f, &weights4)) return 2;
+    return tiles4 >= FC_WINOGRAD4_FEW_TILES && weights4 <= FC_WINOGRAD4_FEW_TILES_MAX_WEIGHTS ? 4 : 2;
 }
 
 /* The weight gradient's GEMMs are as deep as a thread's block of tiles, and each block adds its products into

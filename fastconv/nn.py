@@ -230,7 +230,8 @@ class Module:
         behind the prepared copies (an in-place write raises ValueError), and so do the buffers (batch-norm's
         running statistics, folded into the convolutions); ``train()``, ``release_inference()``,
         ``load_state_dict`` and ``astype`` make them writable again and drop the copies. Memory: up to 4x the
-        convolutions' weights.
+        convolutions' weights, twice that while a model alternates two input shapes (each layer keeps its copy
+        for the previous shape too).
 
         A Sequential model called inside ``no_grad()`` also records an inference plan per input shape at its first
         call: the kernel calls of that forward, replayed from then on in one loop without the Python between them
@@ -266,8 +267,15 @@ class Module:
         key (what else it depends on) changes; w stays read-only meanwhile."""
         cached = self.__dict__.get("_prepared")
         if cached is None or cached[0] is not w or cached[1] != key:
-            self._lock_for_inference(w)
-            cached = self._prepared = (w, key, make())
+            # the copy before is kept too: a model that alternates two batch sizes (a last partial batch), whose
+            # Winograd tile depends on the batch, does not prepare again at every switch
+            other, self._prepared_other = self.__dict__.get("_prepared_other"), cached
+            if other is not None and other[0] is w and other[1] == key:
+                cached = other
+            else:
+                self._lock_for_inference(w)
+                cached = (w, key, make())
+            self._prepared = cached
         return cached[2]
 
     def release_inference(self):
@@ -280,6 +288,7 @@ class Module:
                 for p in m.__dict__.pop("_locked_params", []):
                     p.flags.writeable = True
                 m.__dict__.pop("_prepared", None)
+                m.__dict__.pop("_prepared_other", None)
         return self
 
     def eval(self):
@@ -394,9 +403,16 @@ class Conv2d(Module):
 
     def _prepared_weights(self, x):
         """prepare_inference's copy of the weights for input x: made again when the weight array, the input's
-        shape (bar the batch), the arch or the Winograd settings change."""
+        shape (bar the batch), the arch or the Winograd settings change, or the Winograd tile a 3x3 layer takes
+        (which depends on its count of tiles, so on the batch)."""
         w = self.params["weight"]
-        key = (x.shape[1:], x.dtype, _C.current_arch(), _C.conv2d_winograd_mode(), _C.conv2d_winograd_tile())
+        if self.kernel_size == (3, 3) and F._int_pair(self.stride, "stride", 1) == (1, 1) and \
+                F._int_pair(self.dilation, "dilation", 1) == (1, 1):
+            tile = _C.conv2d_winograd_tiles(x.shape, w.shape, F._int_pair(self.padding, "padding", 0),
+                                            self.groups)[0]
+        else:
+            tile = _C.conv2d_winograd_tile()
+        key = (x.shape[1:], x.dtype, _C.current_arch(), _C.conv2d_winograd_mode(), tile)
         return self._prepared_for(w, key, lambda: F.conv2d_prepare_weights(w, x.shape, self.stride, self.padding,
                                                                            self.dilation, self.groups))
 

@@ -476,18 +476,28 @@ def test_strided_layers_as_stride1(arch, nthreads, winograd_mode, dtype, case):
 
 
 def test_winograd_auto_tiles():
-    """F(4x4, 3x3) forward from 24 output columns; its weight gradient from 96 tiles of 4x4 per thread."""
+    """F(4x4, 3x3) forward from 24 output columns, or from 32 tiles of 4x4, or from 16 where its 36 transformed
+    weight matrices hold at most 2^22 values; its weight gradient from 96 tiles of 4x4 per thread."""
     tiles = _C.conv2d_winograd_tiles
     assert _C.conv2d_winograd_tile() == "auto"
     with fastconv.threads(1):
         assert tiles((4, 128, 56, 56), (256, 128, 3, 3), (1, 1), 1) == (4, 4)   # VGG conv3_1: 4 * 196 tiles
-        assert tiles((4, 512, 14, 14), (512, 512, 3, 3), (1, 1), 1) == (2, 2)   # VGG conv5_1: 64 tiles of 4x4
-        assert tiles((8, 256, 14, 14), (256, 256, 3, 3), (1, 1), 1) == (2, 4)   # 128 tiles of 4x4
-        assert tiles((2, 16, 6, 24), (32, 16, 3, 3), (1, 1), 1) == (4, 2)       # exactly 24 columns
-        assert tiles((2, 16, 6, 23), (32, 16, 3, 3), (1, 1), 1) == (2, 2)
+        assert tiles((4, 512, 14, 14), (512, 512, 3, 3), (1, 1), 1) == (4, 2)   # VGG conv5_1: 64 tiles of 4x4
+        assert tiles((1, 512, 14, 14), (512, 512, 3, 3), (1, 1), 1) == (2, 2)   # 16 tiles, 9.4M weights
+        assert tiles((1, 256, 14, 14), (256, 256, 3, 3), (1, 1), 1) == (4, 2)   # 16 tiles, 2.4M weights
+        assert tiles((1, 256, 13, 13), (384, 256, 3, 3), (1, 1), 1) == (4, 2)   # 16 tiles, 3.5M weights
+        assert tiles((4, 512, 7, 7), (512, 512, 3, 3), (1, 1), 1) == (2, 2)     # 16 tiles, 9.4M weights
+        assert tiles((8, 512, 7, 7), (512, 512, 3, 3), (1, 1), 1) == (4, 2)     # 32 tiles
+        assert tiles((1, 160, 7, 7), (320, 160, 3, 3), (1, 1), 1) == (2, 2)     # 4 tiles
+        assert tiles((8, 256, 14, 14), (256, 256, 3, 3), (1, 1), 1) == (4, 4)   # 128 tiles of 4x4
+        assert tiles((1, 16, 3, 24), (32, 16, 3, 3), (1, 1), 1) == (4, 2)       # exactly 24 columns, 6 tiles
+        assert tiles((1, 16, 3, 23), (32, 16, 3, 3), (1, 1), 1) == (2, 2)       # 23 columns, 6 tiles
+        assert tiles((2, 16, 6, 23), (32, 16, 3, 3), (1, 1), 1) == (4, 2)       # 24 tiles, few weights
+        assert tiles((1, 16, 12, 20), (32, 16, 3, 3), (1, 1), 1) == (2, 2)      # 15 tiles
+        assert tiles((1, 16, 16, 16), (32, 16, 3, 3), (1, 1), 1) == (4, 2)      # 16 tiles
     with fastconv.threads(2):
-        assert tiles((8, 256, 14, 14), (256, 256, 3, 3), (1, 1), 1) == (2, 2)   # 64 tiles per thread
-        assert tiles((16, 256, 13, 13), (384, 256, 3, 3), (1, 1), 1) == (2, 4)  # AlexNet conv3: 128 per thread
+        assert tiles((8, 256, 14, 14), (256, 256, 3, 3), (1, 1), 1) == (4, 2)   # 64 tiles per thread
+        assert tiles((16, 256, 13, 13), (384, 256, 3, 3), (1, 1), 1) == (4, 4)  # AlexNet conv3: 128 per thread
     previous = _C.conv2d_winograd_tile(2)
     try:
         assert tiles((4, 128, 56, 56), (256, 128, 3, 3), (1, 1), 1) == (2, 2)

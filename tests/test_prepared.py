@@ -66,8 +66,9 @@ def test_prepared_matches_per_call_transform(arch, nthreads, winograd_auto, rng,
     np.testing.assert_array_equal(
         F.conv2d(x, w, b, stride, padding, groups=groups, scale=s, residual=res, relu=True, prepared=prepared),
         F.conv2d(x, w, b, stride, padding, groups=groups, scale=s, residual=res, relu=True))
+    # (the Winograd tile may depend on the batch: then the weights prepared for another tile are not used)
     np.testing.assert_array_equal(F.conv2d(x[:1], w, b, stride, padding, groups=groups, prepared=prepared),
-                                  plain[:1])
+                                  F.conv2d(x[:1], w, b, stride, padding, groups=groups))
 
 
 @pytest.mark.parametrize("case", ["3x3", "11x11_s4", "1x1", "3x3_s2", "5x5_direct", "7x7_s2_direct", "5x5_dense"])
