@@ -172,8 +172,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, s
 
     Three ways, chosen per layer (docs/kernels-performance.md; ``fastconv._C.conv2d_forward_path`` tells which):
     3x3 stride-1 undilated layers with >= 16 channels and >= 32 filters per group run Winograd: F(4x4, 3x3) from
-    24 output columns (4x fewer multiplications), F(2x2, 3x3) on narrower ones (2.25x fewer; ``fastconv._C.
-    conv2d_winograd_tile`` forces one); workspace: the transformed weights, P x F x C/groups elements with P = 36
+    24 output columns or enough tiles (4x fewer multiplications), F(2x2, 3x3) on the others (2.25x fewer;
+    ``fastconv._C.conv2d_winograd_tiles`` tells which, ``fastconv._C.conv2d_winograd_tile`` forces one); workspace: the transformed weights, P x F x C/groups elements with P = 36
     or 16 points, plus per thread P x (C + F)/groups x about 96 tiles; strided layers whose kernel spans 3 strides (AlexNet's 11x11 stride 4)
     run the same way after rearranging the input phase by phase into a stride-1 layer on C*stride**2 channels
     (workspace: one rearranged copy of the input and of the weights); other stride-1 layers with few filters per group and a small image,
