@@ -226,24 +226,35 @@ def test_every_partial_tile_width_and_height_exact(arch, nthreads, dtype, rng):
         assert_gemm_result(out, a, b, alpha=2.0, exact=True)
 
 
+def few_columns_case(rng, dtype, n):
+    """a (75 x 400: groups of 4 row panels and a rest, two depth blocks), b (400 x n+16), c0 (75 x n+16)."""
+    m, k = 75, 400
+    return (rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n + 16)).astype(dtype),
+            rng.standard_normal((m, n + 16)).astype(dtype))
+
+
+def assert_first_columns_of_the_wide_product(few, a, b, c0):
+    """few (the product 2 a b[:, :n] - c0[:, :n] computed alone) equals bit for bit the same columns of the whole
+    product, and lies within rounding of float64."""
+    n, k, dtype = few.shape[1], a.shape[1], a.dtype
+    wide = c0.copy()
+    fastconv.gemm(a, b, wide, alpha=2.0, beta=-1.0)
+    np.testing.assert_array_equal(few, wide[:, :n])
+    want = 2.0 * (a.astype(np.float64) @ b[:, :n].astype(np.float64)) - c0[:, :n]
+    bound = 2.0 * (np.abs(a.astype(np.float64)) @ np.abs(b[:, :n].astype(np.float64))) + np.abs(c0[:, :n])
+    assert np.all(np.abs(few - want) <= 4 * k * np.finfo(dtype).eps * bound)
+
+
 @pytest.mark.parametrize("n", [49, 52, 196, 53])
 def test_few_last_columns_match_the_wide_kernels_bit_for_bit(arch, nthreads, dtype, n, rng):
     """A last column panel of 1-4 columns (a 7x7 image's 49 pixels, 14x14's 196) runs a narrow kernel on some
     archs: over many row panels (75 rows: groups of 4 panels and a rest) and two depth blocks (k = 400, beta
     accumulating between them), with alpha and beta, every column equals bit for bit the same column computed
     inside a wider product (where the full-width kernels take it), and both are within rounding of float64."""
-    m, k = 75, 400
-    a = rng.standard_normal((m, k)).astype(dtype)
-    b = rng.standard_normal((k, n + 16)).astype(dtype)
-    c0 = rng.standard_normal((m, n + 16)).astype(dtype)
+    a, b, c0 = few_columns_case(rng, dtype, n)
     narrow = c0[:, :n].copy()
     assert fastconv.gemm(a, b[:, :n], narrow, alpha=2.0, beta=-1.0) is narrow
-    wide = c0.copy()
-    fastconv.gemm(a, b, wide, alpha=2.0, beta=-1.0)
-    np.testing.assert_array_equal(narrow, wide[:, :n])
-    want = 2.0 * (a.astype(np.float64) @ b[:, :n].astype(np.float64)) - c0[:, :n]
-    bound = 2.0 * (np.abs(a.astype(np.float64)) @ np.abs(b[:, :n].astype(np.float64))) + np.abs(c0[:, :n])
-    assert np.all(np.abs(narrow - want) <= 4 * k * np.finfo(dtype).eps * bound)
+    assert_first_columns_of_the_wide_product(narrow, a, b, c0)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
@@ -252,22 +263,14 @@ def test_products_of_one_to_four_columns_match_the_wide_kernels_bit_for_bit(arch
     """A whole product of 1-4 columns (a dense layer at batch 1-4: B is the images, read in place or packed
     compactly for the narrow kernel on some archs), two depth blocks with beta accumulating between them: each
     column equals bit for bit the same column inside a wide product, and is within rounding of float64."""
-    m, k = 75, 400
-    a = rng.standard_normal((m, k)).astype(dtype)
-    b = rng.standard_normal((k, n + 16)).astype(dtype)
-    c0 = rng.standard_normal((m, n + 16)).astype(dtype)
+    a, b, c0 = few_columns_case(rng, dtype, n)
     few = c0[:, :n].copy()
     if layout == "transposed":  # B^T's rows contiguous: a dense layer's images
         fastconv.gemm(a, np.ascontiguousarray(b[:, :n].T), few, trans_b=True, alpha=2.0, beta=-1.0)
     else:
         fastconv.gemm(a, b[:, :n] if layout == "view" else np.ascontiguousarray(b[:, :n]), few, alpha=2.0,
                       beta=-1.0)
-    wide = c0.copy()
-    fastconv.gemm(a, b, wide, alpha=2.0, beta=-1.0)
-    np.testing.assert_array_equal(few, wide[:, :n])
-    want = 2.0 * (a.astype(np.float64) @ b[:, :n].astype(np.float64)) - c0[:, :n]
-    bound = 2.0 * (np.abs(a.astype(np.float64)) @ np.abs(b[:, :n].astype(np.float64))) + np.abs(c0[:, :n])
-    assert np.all(np.abs(few - want) <= 4 * k * np.finfo(dtype).eps * bound)
+    assert_first_columns_of_the_wide_product(few, a, b, c0)
 
 
 @pytest.mark.parametrize("dim", ["m", "k", "n"])
