@@ -493,8 +493,7 @@ cdef class SplitInferencePlan:
                     p.out_dtype != first.out_dtype:
                 raise ValueError("the parts of a SplitInferencePlan must be recorded on the same input shape")
             # the result may view its array in another shape (a dense layer's (n, f, 1, 1) output as (n, f))
-            if p.view_offset != 0 or len(p.x_shape) < 1 or len(p.view_shape) < 1 or \
-                    p.view_shape[0] != p.x_shape[0] or not p.view_whole:
+            if not p.view_whole or len(p.x_shape) < 1 or len(p.view_shape) < 1 or p.view_shape[0] != p.x_shape[0]:
                 raise ValueError("a SplitInferencePlan needs results that are whole C-contiguous arrays, images "
                                  "first")
         self.parts_list = parts
