@@ -393,13 +393,16 @@ class Conv2d(Module):
         if bias:
             self.add_param("bias", np.zeros(out_channels, dtype=dtype))
 
-    def forward(self, x):
+    def forward(self, x, relu=False):
+        """The convolution of x; relu: max(., 0) of it, in the same pass over the output (a Sequential fuses a
+        Conv2d with the ReLU after it so)."""
         if not is_grad_enabled() and self.__dict__.get("_inference_prepared", False):
-            return self.forward_inference(x)
+            y = self.forward_inference(x)
+            return _relu_in_place(y) if relu else y
         _check_dtype(x, self)
         _keep_for_backward(self, _x=x)
         return F.conv2d(x, self.params["weight"], self.params.get("bias"), self.stride, self.padding,
-                        self.dilation, self.groups)
+                        self.dilation, self.groups, relu=relu)
 
     def _prepared_weights(self, x):
         """prepare_inference's copy of the weights for input x: made again when the weight array, the input's
@@ -784,8 +787,19 @@ class Sequential(Module):
         try:
             if not is_grad_enabled():
                 return self._forward_fused(x)
-            for layer in self.children.values():
-                x = layer.forward(x)
+            layers, i = list(self.children.values()), 0
+            while i < len(layers):
+                layer = layers[i]
+                if type(layer) is Conv2d and i + 1 < len(layers) and type(layers[i + 1]) is ReLU and \
+                        "forward" not in layer.__dict__ and "forward" not in layers[i + 1].__dict__:
+                    # the ReLU in the convolution's epilogue: one pass over the output fewer. The ReLU's backward
+                    # gates on its output, which is > 0 exactly where its input is (NaN stays NaN in both). Not
+                    # where a forward was replaced on the instance (extract_features captures a layer's output)
+                    x = layer.forward(x, relu=True)
+                    _keep_for_backward(layers[i + 1], _x=x)
+                    i += 2
+                else:
+                    x, i = layer.forward(x), i + 1
             return x
         finally:
             _C.array_cache_exit(previous)

@@ -522,3 +522,37 @@ def test_no_grad_restores_on_error_and_nests():
             pass
         assert not nn.is_grad_enabled()
     assert nn.is_grad_enabled()
+
+
+@pytest.mark.parametrize("rule", ["plain", "guided", "deconvnet"])
+def test_training_forward_fuses_conv_and_relu_with_the_same_bits(rng, rule):
+    """A Sequential runs a Conv2d and the ReLU after it as one convolution with the ReLU in its epilogue, the ReLU
+    keeping the output for its backward: forward, input gradient and parameter gradients are bit for bit those of
+    the layers run one by one, for every backward rule of the ReLU."""
+    def net():
+        r = np.random.default_rng(5)
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, rng=r), nn.ReLU(rule), nn.Conv2d(8, 4, 3, rng=r),
+                             nn.ReLU(rule), nn.Flatten(), nn.Linear(4 * 6 * 6, 5, rng=r))
+    fused, separate = net(), net()
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    y = fused.forward(x)
+    assert fused[1]._x is fused[2]._x  # the fused output: kept by the ReLU and the next convolution's input
+    y_sep = x
+    for layer in separate.children.values():
+        y_sep = layer.forward(y_sep)
+    np.testing.assert_array_equal(y, y_sep)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = fused.backward(dy)
+    dx_sep = dy
+    for layer in reversed(list(separate.children.values())):
+        dx_sep = layer.backward(dx_sep)
+    np.testing.assert_array_equal(dx, dx_sep)
+    for (name, _, g), (_, _, g_sep) in zip(fused.parameters(), separate.parameters()):
+        np.testing.assert_array_equal(g, g_sep, err_msg=name)
+
+
+def test_sequential_with_fused_conv_relu_gradients(rng):
+    m = randomize_params(nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1, dtype=np.float64), nn.ReLU(), nn.Conv2d(3, 2, 3, dtype=np.float64),
+        nn.ReLU(), nn.Flatten(), nn.Linear(8, 3, dtype=np.float64)), rng)
+    assert check_gradients(m, rng.standard_normal((2, 2, 4, 4)), rng) == 6
