@@ -242,7 +242,7 @@ class Module:
         child re-records; change a layer's settings (stride, padding, mode) after ``release_inference()``.
         On more than one thread, a network with at most ``INFERENCE_SPLIT_MAX_WEIGHTS`` weights records a batch
         that the thread count divides as one plan per thread, each over its share of the images with one-thread
-        kernels, replayed side by side (LeNet-5 at batch 8 on 2 threads: 1.25x); each image then gets the bits of
+        kernels, replayed side by side (LeNet-5 at batch 8 on 2 threads: 1.27x); each image then gets the bits of
         the one-thread forward of its share, which may differ from the whole batch's in the last bits.
         Returns self."""
         self.eval()
@@ -397,8 +397,7 @@ class Conv2d(Module):
         """The convolution of x; relu: max(., 0) of it, in the same pass over the output (a Sequential fuses a
         Conv2d with the ReLU after it so)."""
         if not is_grad_enabled() and self.__dict__.get("_inference_prepared", False):
-            y = self.forward_inference(x)
-            return _relu_in_place(y) if relu else y
+            return self.forward_inference(x, relu=relu)
         _check_dtype(x, self)
         _keep_for_backward(self, _x=x)
         return F.conv2d(x, self.params["weight"], self.params.get("bias"), self.stride, self.padding,
@@ -1212,8 +1211,8 @@ def _record_split_plan(model, x, threads):
     try:
         for t in range(threads):
             part, y = _record_plan(model, x[t * share:(t + 1) * share])
-            if part is None or part is False:
-                return part if part is False else None, None
+            if not part:  # None (cannot be replayed) or False (another thread records)
+                return part, None
             parts.append(part)
             ys.append(y)
     finally:

@@ -556,3 +556,12 @@ def test_sequential_with_fused_conv_relu_gradients(rng):
         nn.Conv2d(2, 3, 3, padding=1, dtype=np.float64), nn.ReLU(), nn.Conv2d(3, 2, 3, dtype=np.float64),
         nn.ReLU(), nn.Flatten(), nn.Linear(8, 3, dtype=np.float64)), rng)
     assert check_gradients(m, rng.standard_normal((2, 2, 4, 4)), rng) == 6
+
+
+def test_conv2d_forward_with_relu_under_prepare_inference(rng):
+    conv = nn.Conv2d(3, 4, 3, padding=1, rng=rng).prepare_inference()
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    with nn.no_grad():
+        fused, plain = conv.forward(x, relu=True), conv.forward(x)
+    np.testing.assert_array_equal(fused, np.maximum(plain, 0))
+    assert (plain < 0).any()  # the ReLU had something to do
